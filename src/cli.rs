@@ -1,6 +1,10 @@
 //! The `ferry` command line: argument definitions and what each subcommand does.
 
-use std::{path::PathBuf, process::ExitCode};
+use std::{
+    io::{Write, stdout},
+    path::PathBuf,
+    process::ExitCode,
+};
 
 use clap::{Parser, Subcommand};
 
@@ -54,14 +58,15 @@ pub enum Command {
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Crd { output_dir: None } => {
-            print!("{}", crd::all_crds_yaml()?);
+            write!(stdout().lock(), "{}", crd::all_crds_yaml()?)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Crd {
             output_dir: Some(dir),
         } => {
+            let mut out = stdout().lock();
             for file in crd::write_crd_files(&dir)? {
-                println!("wrote {}", dir.join(file.name).display());
+                writeln!(out, "wrote {}", dir.join(file.name).display())?;
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -81,11 +86,12 @@ fn validate(paths: &[PathBuf], namespace: &str, check_secrets: bool) -> anyhow::
         SecretCheck::Skip
     };
     let admitted = manifest::admit(&documents, namespace, secrets);
+    let mut out = stdout().lock();
     for (origin, what) in &admitted.ignored {
-        println!("{origin}: skipped {what} (not a Ferry object)");
+        writeln!(out, "{origin}: skipped {what} (not a Ferry object)")?;
     }
     for problem in &admitted.problems {
-        println!("{problem}");
+        writeln!(out, "{problem}")?;
     }
     let catalog = &admitted.catalog;
     let accepted = catalog.outbox_sources.len()
@@ -94,13 +100,15 @@ fn validate(paths: &[PathBuf], namespace: &str, check_secrets: bool) -> anyhow::
         + catalog.dead_letter_queues.len()
         + catalog.consumers.len();
     if admitted.is_valid() {
-        println!(
+        writeln!(
+            out,
             "{accepted} Ferry objects valid, {} Secrets read",
             catalog.secrets.len()
-        );
+        )?;
         Ok(ExitCode::SUCCESS)
     } else {
-        println!("{} problems found", admitted.problems.len());
+        let count = admitted.problems.len();
+        writeln!(out, "{count} problem{} found", if count == 1 { "" } else { "s" })?;
         Ok(ExitCode::FAILURE)
     }
 }

@@ -179,10 +179,34 @@ fn structural_error(error: &jsonschema::ValidationError<'_>) -> FieldError {
             join(property.as_str().unwrap_or_default()),
             "Required value",
         ),
+        K::Minimum { limit } => FieldError::new(
+            base,
+            format!(
+                "must be at least {} (got {})",
+                number(limit),
+                error.instance()
+            ),
+        ),
+        K::Maximum { limit } => FieldError::new(
+            base,
+            format!(
+                "must be at most {} (got {})",
+                number(limit),
+                error.instance()
+            ),
+        ),
         K::Enum { options } => {
             FieldError::new(base, format!("Unsupported value: must be one of {options}"))
         }
         _ => FieldError::new(base, error.to_string()),
+    }
+}
+
+/// Writes `1.0` as `1`: kube writes integer bounds as floats.
+fn number(limit: &Value) -> String {
+    match limit.as_f64() {
+        Some(value) if value.fract() == 0.0 && value.abs() < 1e15 => format!("{}", value as i64),
+        _ => limit.to_string(),
     }
 }
 

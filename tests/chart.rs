@@ -1,0 +1,1002 @@
+//! Tests of the Helm chart in `charts/ferry`: it lints, rejects invalid values, renders only
+//! fields the Kubernetes types know, runs the operator with restricted pod security, and grants
+//! least-privilege RBAC.
+//!
+//! They run a real helm: `$HELM` if set, else `helm` on `PATH`, else `.cache/helm/helm` (which
+//! `.ci/install-helm` installs). Without one they fail and say so; they never skip.
+//! `$FERRY_CHART_DIR` points them at another copy of the chart (default: `charts/ferry`).
+
+use std::{
+    collections::BTreeSet,
+    ffi::OsStr,
+    path::{Path, PathBuf},
+    process::{Command, Output},
+};
+
+use k8s_openapi::{
+    Resource,
+    api::{
+        apps::v1::Deployment,
+        core::v1::{Container, Service, ServiceAccount},
+        rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, Subject},
+    },
+    apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+    apimachinery::pkg::util::intstr::IntOrString,
+};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use serde_json::Value;
+
+const RELEASE: &str = "ferry";
+const NAMESPACE: &str = "ferry-system";
+
+/// The value sets every rendering test goes through: the defaults, a namespaced install, and
+/// leader election off with text logs.
+const VALUE_SETS: [&[&str]; 3] = [
+    &[],
+    &["watchNamespaces={shop,billing}"],
+    &["leaderElection.enabled=false", "logFormat=text"],
+];
+
+/// The plural names of the ferry.dev kinds; their CRDs are `<plural>.ferry.dev`.
+const FERRY_PLURALS: [&str; 5] = [
+    "outboxsources",
+    "brokertopics",
+    "retrypolicies",
+    "deadletterqueues",
+    "consumers",
+];
+
+// ---------------------------------------------------------------------------------------------
+// Running helm
+// ---------------------------------------------------------------------------------------------
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn chart_dir() -> PathBuf {
+    match std::env::var_os("FERRY_CHART_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => repo_root().join("charts").join("ferry"),
+    }
+}
+
+/// The helm binary: `$HELM`, else `helm` on `PATH`, else `.cache/helm/helm`; a panic otherwise.
+fn helm() -> PathBuf {
+    if let Some(helm) = std::env::var_os("HELM") {
+        let helm = PathBuf::from(helm);
+        assert!(
+            helm.is_file(),
+            "HELM={} is not a file; unset it or run `.ci/install-helm` and point HELM at the path it prints",
+            helm.display()
+        );
+        return helm;
+    }
+    if let Some(helm) = find_on_path(OsStr::new("helm")) {
+        return helm;
+    }
+    let cached = repo_root().join(".cache").join("helm").join("helm");
+    if cached.is_file() {
+        return cached;
+    }
+    panic!(
+        "no helm binary found (looked at $HELM, `helm` on PATH and {}): run `.ci/install-helm` to install it",
+        cached.display()
+    );
+}
+
+fn find_on_path(program: &OsStr) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|candidate| candidate.is_file())
+}
+
+fn run_helm(args: &[&OsStr]) -> Output {
+    let helm = helm();
+    Command::new(&helm)
+        .args(args)
+        .current_dir(repo_root())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", helm.display()))
+}
+
+fn describe(args: &[&OsStr], output: &Output) -> String {
+    let args: Vec<_> = args.iter().map(|a| a.to_string_lossy()).collect();
+    format!(
+        "`helm {}` exited with {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+        args.join(" "),
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// `helm lint <chart> <extra...>`: whether it passed, and a report of the run.
+fn lint(extra: &[&str]) -> (bool, String) {
+    let chart = chart_dir();
+    let mut args: Vec<&OsStr> = vec![OsStr::new("lint"), chart.as_os_str()];
+    args.extend(extra.iter().map(OsStr::new));
+    let output = run_helm(&args);
+    (output.status.success(), describe(&args, &output))
+}
+
+/// `helm template` of the release with `--set` values: the manifests, or a report of the failure.
+fn template(sets: &[&str]) -> Result<String, String> {
+    let chart = chart_dir();
+    let mut args: Vec<&OsStr> = vec![
+        OsStr::new("template"),
+        OsStr::new(RELEASE),
+        chart.as_os_str(),
+        OsStr::new("--namespace"),
+        OsStr::new(NAMESPACE),
+        OsStr::new("--include-crds"),
+    ];
+    for set in sets {
+        args.extend([OsStr::new("--set"), OsStr::new(set)]);
+    }
+    let output = run_helm(&args);
+    if !output.status.success() {
+        return Err(describe(&args, &output));
+    }
+    String::from_utf8(output.stdout).map_err(|e| format!("helm template printed non-UTF-8: {e}"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rendered documents
+// ---------------------------------------------------------------------------------------------
+
+/// One YAML document of a rendering, as JSON.
+struct Doc {
+    api_version: String,
+    kind: String,
+    name: String,
+    namespace: Option<String>,
+    value: Value,
+}
+
+impl Doc {
+    fn from_value(value: Value) -> Doc {
+        let text = |pointer: &str| {
+            value
+                .pointer(pointer)
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        };
+        Doc {
+            api_version: text("/apiVersion").unwrap_or_default(),
+            kind: text("/kind").unwrap_or_default(),
+            name: text("/metadata/name").unwrap_or_default(),
+            namespace: text("/metadata/namespace"),
+            value,
+        }
+    }
+
+    fn is<K: Resource>(&self) -> bool {
+        self.kind == K::KIND && self.api_version == K::API_VERSION
+    }
+
+    fn label(&self) -> String {
+        match &self.namespace {
+            Some(namespace) => format!("{} {}/{}", self.kind, namespace, self.name),
+            None => format!("{} {}", self.kind, self.name),
+        }
+    }
+}
+
+/// Splits a multi-document YAML stream, skipping empty documents.
+fn parse_documents(yaml: &str, origin: &str) -> Vec<Doc> {
+    serde_yaml_ng::Deserializer::from_str(yaml)
+        .enumerate()
+        .filter_map(|(index, document)| {
+            let yaml = serde_yaml_ng::Value::deserialize(document)
+                .unwrap_or_else(|e| panic!("{origin}: document {index} is not valid YAML: {e}"));
+            if yaml.is_null() {
+                return None;
+            }
+            let json = serde_json::to_value(&yaml).unwrap_or_else(|e| {
+                panic!("{origin}: document {index} cannot be represented as JSON: {e}")
+            });
+            Some(Doc::from_value(json))
+        })
+        .collect()
+}
+
+/// The output of `helm template` for one set of `--set` values.
+struct Render {
+    sets: Vec<String>,
+    docs: Vec<Doc>,
+}
+
+impl Render {
+    fn new(sets: &[&str]) -> Render {
+        let manifests = template(sets).unwrap_or_else(|report| panic!("{report}"));
+        let sets: Vec<String> = sets.iter().map(|s| (*s).to_owned()).collect();
+        Render {
+            docs: parse_documents(&manifests, &format!("helm template {sets:?}")),
+            sets,
+        }
+    }
+
+    fn all() -> Vec<Render> {
+        VALUE_SETS.iter().map(|sets| Render::new(sets)).collect()
+    }
+
+    /// Every document of kind `K`, deserialized.
+    fn objects<K: Resource + DeserializeOwned>(&self) -> Vec<K> {
+        self.docs
+            .iter()
+            .filter(|doc| doc.is::<K>())
+            .map(|doc| {
+                serde_json::from_value(doc.value.clone())
+                    .unwrap_or_else(|e| panic!("{} (values {:?}): {e}", doc.label(), self.sets))
+            })
+            .collect()
+    }
+
+    fn only<K: Resource + DeserializeOwned>(&self) -> K {
+        let mut objects = self.objects::<K>();
+        assert_eq!(
+            objects.len(),
+            1,
+            "values {:?}: expected one {}",
+            self.sets,
+            K::KIND
+        );
+        objects.remove(0)
+    }
+
+    /// Every RBAC rule rendered, with the (Cluster)Role that holds it.
+    fn grants(&self) -> Vec<Grant> {
+        let cluster = self.objects::<ClusterRole>().into_iter().flat_map(|role| {
+            assert!(
+                role.aggregation_rule.is_none(),
+                "ClusterRole {:?} aggregates other roles",
+                role.metadata.name
+            );
+            let holder = Holder {
+                kind: ClusterRole::KIND,
+                namespace: None,
+                name: role.metadata.name.unwrap_or_default(),
+            };
+            rules_of(holder, role.rules)
+        });
+        let namespaced = self.objects::<Role>().into_iter().flat_map(|role| {
+            let holder = Holder {
+                kind: Role::KIND,
+                namespace: role.metadata.namespace,
+                name: role.metadata.name.unwrap_or_default(),
+            };
+            rules_of(holder, role.rules)
+        });
+        cluster.chain(namespaced).collect()
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Holder {
+    kind: &'static str,
+    namespace: Option<String>,
+    name: String,
+}
+
+#[derive(Debug)]
+struct Grant {
+    holder: Holder,
+    rule: PolicyRule,
+}
+
+impl Grant {
+    fn grants(&self, api_group: &str, resource: &str) -> bool {
+        let groups = self.rule.api_groups.as_deref().unwrap_or_default();
+        let resources = self.rule.resources.as_deref().unwrap_or_default();
+        groups.iter().any(|g| g == api_group) && resources.iter().any(|r| r == resource)
+    }
+
+    /// Whether the rule names `resource` in any API group.
+    fn names_resource(&self, resource: &str) -> bool {
+        let resources = self.rule.resources.as_deref().unwrap_or_default();
+        resources.iter().any(|r| r == resource)
+    }
+
+    fn verbs(&self) -> BTreeSet<&str> {
+        self.rule.verbs.iter().map(String::as_str).collect()
+    }
+}
+
+fn rules_of(holder: Holder, rules: Option<Vec<PolicyRule>>) -> Vec<Grant> {
+    rules
+        .unwrap_or_default()
+        .into_iter()
+        .map(|rule| Grant {
+            holder: holder.clone(),
+            rule,
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Round trip through the typed objects
+// ---------------------------------------------------------------------------------------------
+
+/// Problems of a document: a kind this chart should not render, an apiVersion that does not
+/// match the kind, a document that does not deserialize, or fields its type does not know.
+fn round_trip_problems(doc: &Doc) -> Vec<String> {
+    match doc.kind.as_str() {
+        "Deployment" => round_trip::<Deployment>(doc),
+        "ServiceAccount" => round_trip::<ServiceAccount>(doc),
+        "ClusterRole" => round_trip::<ClusterRole>(doc),
+        "ClusterRoleBinding" => round_trip::<ClusterRoleBinding>(doc),
+        "Role" => round_trip::<Role>(doc),
+        "RoleBinding" => round_trip::<RoleBinding>(doc),
+        "Service" => round_trip::<Service>(doc),
+        "CustomResourceDefinition" => round_trip::<CustomResourceDefinition>(doc),
+        other => vec![format!(
+            "{}: kind {other:?} is not one the chart is expected to render",
+            doc.label()
+        )],
+    }
+}
+
+/// Deserializes the document into `K` and serializes it back: every path of the original that
+/// the round trip lost is a field `K` does not have (a typo, or a field at the wrong level).
+fn round_trip<K: Resource + DeserializeOwned + Serialize>(doc: &Doc) -> Vec<String> {
+    if doc.api_version != K::API_VERSION {
+        return vec![format!(
+            "{}: apiVersion {:?}, expected {:?}",
+            doc.label(),
+            doc.api_version,
+            K::API_VERSION
+        )];
+    }
+    let typed: K = match serde_path_to_error::deserialize(doc.value.clone()) {
+        Ok(typed) => typed,
+        Err(e) => return vec![format!("{}: does not deserialize: {e}", doc.label())],
+    };
+    let back = match serde_json::to_value(&typed) {
+        Ok(back) => back,
+        Err(e) => return vec![format!("{}: does not serialize back: {e}", doc.label())],
+    };
+    let mut lost = Vec::new();
+    lost_paths(&doc.value, &back, "", &mut lost);
+    lost.into_iter()
+        .map(|path| format!("{}: unknown field {path}", doc.label()))
+        .collect()
+}
+
+/// Collects the paths present in `original` but missing from `round_trip`. Only lost keys and
+/// lost list items count: scalars may change representation harmlessly (an int-or-string, a
+/// quantity), and a null, `{}` or `[]` may be dropped by the serializer.
+fn lost_paths(original: &Value, round_trip: &Value, path: &str, lost: &mut Vec<String>) {
+    match (original, round_trip) {
+        (Value::Object(original), Value::Object(round_trip)) => {
+            for (key, value) in original {
+                let path = format!("{path}.{key}");
+                match round_trip.get(key) {
+                    Some(back) => lost_paths(value, back, &path, lost),
+                    None if is_empty(value) => {}
+                    None => lost.push(path),
+                }
+            }
+        }
+        (Value::Array(original), Value::Array(round_trip)) => {
+            for (index, value) in original.iter().enumerate() {
+                let path = format!("{path}[{index}]");
+                match round_trip.get(index) {
+                    Some(back) => lost_paths(value, back, &path, lost),
+                    None if is_empty(value) => {}
+                    None => lost.push(path),
+                }
+            }
+        }
+        (Value::Object(_) | Value::Array(_), _) if !is_empty(original) => {
+            lost.push(format!("{path} (became {round_trip})"));
+        }
+        _ => {}
+    }
+}
+
+fn is_empty(value: &Value) -> bool {
+    match value {
+        Value::Null => true,
+        Value::Object(map) => map.is_empty(),
+        Value::Array(items) => items.is_empty(),
+        _ => false,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers for assertions
+// ---------------------------------------------------------------------------------------------
+
+fn operator_container(deployment: &Deployment) -> Container {
+    let containers = deployment
+        .spec
+        .as_ref()
+        .and_then(|spec| spec.template.spec.as_ref())
+        .map(|pod| pod.containers.clone())
+        .unwrap_or_default();
+    assert_eq!(containers.len(), 1, "the operator pod has one container");
+    containers.into_iter().next().unwrap_or_default()
+}
+
+fn args(deployment: &Deployment) -> Vec<String> {
+    operator_container(deployment).args.unwrap_or_default()
+}
+
+/// The value following `flag` in `args`, if the flag is there.
+fn flag_value<'a>(args: &'a [String], flag: &str) -> Option<&'a str> {
+    let position = args.iter().position(|arg| arg == flag)?;
+    args.get(position + 1).map(String::as_str)
+}
+
+fn app_version() -> String {
+    let path = chart_dir().join("Chart.yaml");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    let chart: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text)
+        .unwrap_or_else(|e| panic!("{} is not YAML: {e}", path.display()));
+    chart
+        .get("appVersion")
+        .and_then(serde_yaml_ng::Value::as_str)
+        .unwrap_or_else(|| panic!("{} has no appVersion", path.display()))
+        .to_owned()
+}
+
+fn operator_service_account() -> Subject {
+    Subject {
+        kind: "ServiceAccount".into(),
+        name: RELEASE.into(),
+        namespace: Some(NAMESPACE.into()),
+        api_group: None,
+    }
+}
+
+fn http_get(probe: Option<&k8s_openapi::api::core::v1::Probe>) -> (Option<String>, IntOrString) {
+    let action = probe
+        .and_then(|probe| probe.http_get.clone())
+        .expect("the probe is an HTTP GET");
+    (action.path, action.port)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tests
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn chart_passes_helm_lint_and_strict_lint() {
+    for flags in [&[][..], &["--strict"][..]] {
+        let (ok, report) = lint(flags);
+        assert!(ok, "{report}");
+    }
+}
+
+#[test]
+fn chart_lint_rejects_an_unknown_log_format_and_unknown_keys() {
+    for (set, culprit) in [
+        ("logFormat=xml", "logFormat"),
+        ("unknownKey=1", "unknownKey"),
+        ("image.pullPolicy=Sometimes", "pullPolicy"),
+        ("service.typo=1", "typo"),
+    ] {
+        let (ok, report) = lint(&["--set", set]);
+        assert!(!ok, "helm lint accepted --set {set}:\n{report}");
+        assert!(
+            report.contains(culprit),
+            "helm lint rejected --set {set} without naming {culprit}:\n{report}"
+        );
+    }
+}
+
+#[test]
+fn chart_renders_only_known_fields_of_kubernetes_types() {
+    let mut problems = Vec::new();
+    for render in Render::all() {
+        assert!(
+            render.docs.iter().any(Doc::is::<Deployment>),
+            "values {:?}: no Deployment rendered",
+            render.sets
+        );
+        for doc in &render.docs {
+            for problem in round_trip_problems(doc) {
+                problems.push(format!("values {:?}: {problem}", render.sets));
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+#[test]
+fn chart_detects_misspelt_fields_by_round_trip() {
+    // The round trip above proves something only if it catches a typo: check that it does.
+    let docs = parse_documents(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: x\n  lables: {a: b}\n\
+         spec:\n  ports:\n    - port: 80\n      targetPort: http\n      protocl: TCP\n",
+        "inline",
+    );
+    let problems: Vec<String> = docs.iter().flat_map(round_trip_problems).collect();
+    assert_eq!(
+        problems,
+        [
+            "Service x: unknown field .metadata.lables",
+            "Service x: unknown field .spec.ports[0].protocl",
+        ]
+    );
+}
+
+#[test]
+fn chart_deployment_runs_restricted_with_health_probes_on_the_http_port() {
+    let render = Render::new(&[]);
+    let deployment: Deployment = render.only();
+    let pod = deployment
+        .spec
+        .as_ref()
+        .and_then(|spec| spec.template.spec.clone())
+        .expect("the Deployment has a pod spec");
+
+    assert_eq!(pod.automount_service_account_token, Some(true));
+    assert_eq!(pod.termination_grace_period_seconds, Some(30));
+    assert_eq!(pod.service_account_name.as_deref(), Some(RELEASE));
+
+    let security = pod.security_context.expect("a pod securityContext");
+    assert_eq!(security.run_as_non_root, Some(true));
+    assert_eq!(security.run_as_user, Some(65532));
+    assert_eq!(security.run_as_group, Some(65532));
+    assert_eq!(security.fs_group, Some(65532));
+    assert_eq!(
+        security.seccomp_profile.map(|profile| profile.type_),
+        Some("RuntimeDefault".to_owned())
+    );
+
+    let container = operator_container(&deployment);
+    let security = container
+        .security_context
+        .clone()
+        .expect("a container securityContext");
+    assert_eq!(security.allow_privilege_escalation, Some(false));
+    assert_eq!(security.read_only_root_filesystem, Some(true));
+    assert_eq!(security.run_as_non_root, Some(true));
+    assert_ne!(security.privileged, Some(true));
+    let dropped = security
+        .capabilities
+        .as_ref()
+        .and_then(|capabilities| capabilities.drop.clone())
+        .unwrap_or_default();
+    assert_eq!(dropped, ["ALL"]);
+    let added = security
+        .capabilities
+        .and_then(|capabilities| capabilities.add)
+        .unwrap_or_default();
+    assert!(added.is_empty(), "capabilities added: {added:?}");
+
+    let ports = container.ports.clone().unwrap_or_default();
+    assert!(
+        ports
+            .iter()
+            .any(|port| port.name.as_deref() == Some("http") && port.container_port == 8080),
+        "no container port named http on 8080: {ports:?}"
+    );
+    let http = IntOrString::String("http".into());
+    assert_eq!(
+        http_get(container.liveness_probe.as_ref()),
+        (Some("/healthz".into()), http.clone())
+    );
+    assert_eq!(
+        http_get(container.readiness_probe.as_ref()),
+        (Some("/readyz".into()), http.clone())
+    );
+
+    for (name, field_path) in [
+        ("POD_NAME", "metadata.name"),
+        ("POD_NAMESPACE", "metadata.namespace"),
+    ] {
+        let from_field = container
+            .env
+            .iter()
+            .flatten()
+            .find(|var| var.name == name)
+            .and_then(|var| var.value_from.clone())
+            .and_then(|source| source.field_ref)
+            .map(|selector| selector.field_path);
+        assert_eq!(from_field.as_deref(), Some(field_path), "env {name}");
+    }
+
+    let service: Service = render.only();
+    let service_ports = service.spec.and_then(|spec| spec.ports).unwrap_or_default();
+    assert!(
+        service_ports
+            .iter()
+            .any(|port| port.name.as_deref() == Some("http")
+                && port.port == 8080
+                && port.target_port == Some(http.clone())),
+        "the Service exposes no port http -> http on 8080: {service_ports:?}"
+    );
+}
+
+#[test]
+fn chart_deployment_args_follow_the_values() {
+    let image = format!("ghcr.io/ferry-dev/ferry:{}", app_version());
+    let defaults = args(&Render::new(&[]).only());
+    assert_eq!(
+        defaults,
+        [
+            "operator",
+            "--log-format",
+            "json",
+            "--log-level",
+            "info",
+            "--metrics-port",
+            "8080",
+            "--workload-image",
+            image.as_str(),
+        ]
+    );
+
+    let namespaced = args(&Render::new(&["watchNamespaces={shop,billing}"]).only());
+    assert_eq!(
+        flag_value(&namespaced, "--namespaces"),
+        Some("shop,billing")
+    );
+    assert!(
+        !namespaced
+            .iter()
+            .any(|arg| arg.starts_with("--leader-election"))
+    );
+
+    let single = args(&Render::new(&["leaderElection.enabled=false", "logFormat=text"]).only());
+    assert!(
+        single.iter().any(|arg| arg == "--leader-election=false"),
+        "{single:?}"
+    );
+    assert_eq!(flag_value(&single, "--log-format"), Some("text"));
+    assert_eq!(flag_value(&single, "--namespaces"), None);
+
+    let custom = args(
+        &Render::new(&[
+            "workloadImage=registry.example/ferry-workload:1",
+            "metrics.port=9090",
+        ])
+        .only(),
+    );
+    assert_eq!(
+        flag_value(&custom, "--workload-image"),
+        Some("registry.example/ferry-workload:1")
+    );
+    assert_eq!(flag_value(&custom, "--metrics-port"), Some("9090"));
+}
+
+#[test]
+fn chart_rbac_has_no_wildcards_and_secrets_are_read_only() {
+    let allowed_verbs = BTreeSet::from([
+        "get", "list", "watch", "create", "patch", "update", "delete",
+    ]);
+    let read_only = BTreeSet::from(["get", "list", "watch"]);
+    for render in Render::all() {
+        let grants = render.grants();
+        assert!(
+            !grants.is_empty(),
+            "values {:?}: no RBAC rules",
+            render.sets
+        );
+        for grant in &grants {
+            let rule = &grant.rule;
+            let lists = [
+                ("apiGroups", rule.api_groups.as_deref().unwrap_or_default()),
+                ("resources", rule.resources.as_deref().unwrap_or_default()),
+                ("verbs", rule.verbs.as_slice()),
+                (
+                    "resourceNames",
+                    rule.resource_names.as_deref().unwrap_or_default(),
+                ),
+            ];
+            for (field, items) in lists {
+                assert!(
+                    !items.iter().any(|item| item.contains('*')),
+                    "values {:?}: {:?} has a wildcard in {field}: {rule:?}",
+                    render.sets,
+                    grant.holder
+                );
+            }
+            assert!(
+                rule.non_resource_urls.is_none(),
+                "values {:?}: {:?} grants non-resource URLs",
+                render.sets,
+                grant.holder
+            );
+            let verbs = grant.verbs();
+            assert!(
+                verbs.is_subset(&allowed_verbs),
+                "values {:?}: {:?} grants verbs beyond {allowed_verbs:?}: {verbs:?}",
+                render.sets,
+                grant.holder
+            );
+            if grant.names_resource("secrets") {
+                assert!(
+                    verbs.is_subset(&read_only),
+                    "values {:?}: {:?} may write secrets: {verbs:?}",
+                    render.sets,
+                    grant.holder
+                );
+            }
+        }
+        assert!(
+            grants.iter().any(|grant| grant.names_resource("secrets")),
+            "values {:?}: the operator cannot read the Secrets it watches",
+            render.sets
+        );
+    }
+}
+
+#[test]
+fn chart_watch_namespaces_grant_a_role_per_namespace_and_nothing_cluster_wide() {
+    let namespaced = Render::new(&["watchNamespaces={shop,billing}"]);
+    assert!(
+        namespaced.objects::<ClusterRole>().is_empty(),
+        "a ClusterRole is rendered although only shop and billing are watched"
+    );
+    assert!(namespaced.objects::<ClusterRoleBinding>().is_empty());
+    let grants = namespaced.grants();
+    for namespace in ["shop", "billing"] {
+        let in_namespace: Vec<&Grant> = grants
+            .iter()
+            .filter(|grant| grant.holder.namespace.as_deref() == Some(namespace))
+            .collect();
+        for (group, resource) in [
+            ("ferry.dev", "consumers"),
+            ("ferry.dev", "outboxsources/status"),
+            ("apps", "deployments"),
+            ("", "secrets"),
+            ("events.k8s.io", "events"),
+        ] {
+            assert!(
+                in_namespace
+                    .iter()
+                    .any(|grant| grant.grants(group, resource)),
+                "no Role in {namespace} grants {group}/{resource}"
+            );
+        }
+        let bound = namespaced
+            .objects::<RoleBinding>()
+            .into_iter()
+            .any(|binding| {
+                binding.metadata.namespace.as_deref() == Some(namespace)
+                    && binding.role_ref.kind == Role::KIND
+                    && binding.subjects.unwrap_or_default() == [operator_service_account()]
+            });
+        assert!(
+            bound,
+            "no RoleBinding in {namespace} binds a Role to the operator"
+        );
+    }
+    assert!(
+        !grants.iter().any(|grant| {
+            grant.grants("apps", "deployments")
+                && !matches!(grant.holder.namespace.as_deref(), Some("shop" | "billing"))
+        }),
+        "deployments are granted outside the watched namespaces: {grants:#?}"
+    );
+
+    // Without watchNamespaces the same permissions are granted cluster-wide.
+    let everywhere = Render::new(&[]);
+    let grants = everywhere.grants();
+    assert!(grants.iter().any(|grant| {
+        grant.holder.kind == ClusterRole::KIND && grant.grants("apps", "deployments")
+    }));
+    assert!(
+        grants
+            .iter()
+            .all(|grant| matches!(grant.holder.namespace.as_deref(), None | Some(NAMESPACE))),
+        "a Role outside the release namespace is rendered without watchNamespaces"
+    );
+    let binding: ClusterRoleBinding = everywhere.only();
+    assert_eq!(
+        binding.subjects.unwrap_or_default(),
+        [operator_service_account()]
+    );
+}
+
+#[test]
+fn chart_leases_are_granted_only_by_a_role_in_the_release_namespace() {
+    for render in Render::all() {
+        let lease_grants: Vec<Grant> = render
+            .grants()
+            .into_iter()
+            .filter(|grant| grant.names_resource("leases"))
+            .collect();
+        let leader_election = !render
+            .sets
+            .iter()
+            .any(|set| set == "leaderElection.enabled=false");
+        if !leader_election {
+            assert!(
+                lease_grants.is_empty(),
+                "values {:?}: leases granted without leader election: {lease_grants:#?}",
+                render.sets
+            );
+            continue;
+        }
+        assert_eq!(
+            lease_grants.len(),
+            1,
+            "values {:?}: {lease_grants:#?}",
+            render.sets
+        );
+        let grant = &lease_grants[0];
+        assert_eq!(grant.holder.kind, Role::KIND, "leases granted cluster-wide");
+        assert_eq!(grant.holder.namespace.as_deref(), Some(NAMESPACE));
+        assert_eq!(grant.verbs(), BTreeSet::from(["get", "create", "update"]));
+        let bound = render.objects::<RoleBinding>().into_iter().any(|binding| {
+            binding.metadata.namespace.as_deref() == Some(NAMESPACE)
+                && binding.role_ref.kind == Role::KIND
+                && binding.role_ref.name == grant.holder.name
+                && binding.subjects.unwrap_or_default() == [operator_service_account()]
+        });
+        assert!(
+            bound,
+            "values {:?}: the lease Role is not bound to the operator",
+            render.sets
+        );
+    }
+}
+
+#[test]
+fn chart_bindings_reference_rendered_roles_and_the_operator_service_account() {
+    for render in Render::all() {
+        let account: ServiceAccount = render.only();
+        assert_eq!(account.metadata.name.as_deref(), Some(RELEASE));
+        assert_eq!(account.metadata.namespace.as_deref(), Some(NAMESPACE));
+
+        let roles: BTreeSet<Holder> = render
+            .grants()
+            .into_iter()
+            .map(|grant| grant.holder)
+            .collect();
+        let cluster_bindings = render
+            .objects::<ClusterRoleBinding>()
+            .into_iter()
+            .map(|binding| (None, binding.role_ref, binding.subjects));
+        let bindings = render.objects::<RoleBinding>().into_iter().map(|binding| {
+            (
+                binding.metadata.namespace,
+                binding.role_ref,
+                binding.subjects,
+            )
+        });
+        for (namespace, role_ref, subjects) in cluster_bindings.chain(bindings) {
+            assert_eq!(role_ref.api_group, "rbac.authorization.k8s.io");
+            let target = Holder {
+                kind: if role_ref.kind == ClusterRole::KIND {
+                    ClusterRole::KIND
+                } else {
+                    Role::KIND
+                },
+                namespace: if role_ref.kind == ClusterRole::KIND {
+                    None
+                } else {
+                    namespace
+                },
+                name: role_ref.name.clone(),
+            };
+            assert!(
+                roles.contains(&target),
+                "values {:?}: a binding refers to {target:?}, which is not rendered",
+                render.sets
+            );
+            assert_eq!(subjects.unwrap_or_default(), [operator_service_account()]);
+        }
+    }
+}
+
+#[test]
+fn chart_ships_every_generated_crd_as_namespaced_ferry_dev_kinds() {
+    // charts/ferry/crds/ is generated from the Rust types (`ferry crd`); the chart must render
+    // exactly the CRDs in it.
+    let crd_dir = chart_dir().join("crds");
+    let mut shipped = BTreeSet::new();
+    if crd_dir.is_dir() {
+        let entries = std::fs::read_dir(&crd_dir)
+            .unwrap_or_else(|e| panic!("cannot list {}: {e}", crd_dir.display()));
+        for entry in entries {
+            let path = entry.expect("a directory entry").path();
+            if !matches!(
+                path.extension().and_then(OsStr::to_str),
+                Some("yaml" | "yml")
+            ) {
+                continue;
+            }
+            shipped.extend(crd_names_in(&path));
+        }
+    }
+
+    for render in Render::all() {
+        let crds = render.objects::<CustomResourceDefinition>();
+        let mut rendered = BTreeSet::new();
+        for crd in &crds {
+            let name = crd.metadata.name.clone().unwrap_or_default();
+            let spec = &crd.spec;
+            assert_eq!(spec.group, "ferry.dev", "{name}");
+            assert_eq!(spec.scope, "Namespaced", "{name}");
+            assert!(
+                FERRY_PLURALS.contains(&spec.names.plural.as_str()),
+                "{name}: unexpected plural {}",
+                spec.names.plural
+            );
+            assert_eq!(name, format!("{}.ferry.dev", spec.names.plural));
+            assert!(
+                spec.names.categories.iter().flatten().any(|c| c == "ferry"),
+                "{name} is not in category ferry, so `kubectl get ferry` misses it"
+            );
+            rendered.insert(name);
+        }
+        assert_eq!(crds.len(), rendered.len(), "a CRD is rendered twice");
+        assert_eq!(
+            rendered,
+            shipped,
+            "values {:?}: rendered CRDs differ from the files in {}",
+            render.sets,
+            crd_dir.display()
+        );
+    }
+}
+
+fn crd_names_in(path: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    parse_documents(&text, &path.display().to_string())
+        .into_iter()
+        .filter(|doc| doc.is::<CustomResourceDefinition>())
+        .map(|doc| doc.name)
+        .collect()
+}
+
+#[test]
+fn chart_service_monitor_is_opt_in_and_scrapes_the_http_port() {
+    let has_monitor = |render: &Render| render.docs.iter().any(|doc| doc.kind == "ServiceMonitor");
+    assert!(
+        !has_monitor(&Render::new(&[])),
+        "a ServiceMonitor is rendered by default"
+    );
+
+    let render = Render::new(&["metrics.serviceMonitor.enabled=true"]);
+    let monitor = render
+        .docs
+        .iter()
+        .find(|doc| doc.kind == "ServiceMonitor")
+        .expect("a ServiceMonitor when metrics.serviceMonitor.enabled");
+    assert_eq!(monitor.api_version, "monitoring.coreos.com/v1");
+    assert_eq!(monitor.namespace.as_deref(), Some(NAMESPACE));
+    assert_eq!(
+        monitor.value.pointer("/spec/endpoints/0/port"),
+        Some(&Value::from("http"))
+    );
+    assert_eq!(
+        monitor.value.pointer("/spec/endpoints/0/path"),
+        Some(&Value::from("/metrics"))
+    );
+    let service: Service = render.only();
+    let service_labels = service.metadata.labels.unwrap_or_default();
+    let selector = monitor
+        .value
+        .pointer("/spec/selector/matchLabels")
+        .and_then(Value::as_object)
+        .expect("the ServiceMonitor selects by matchLabels");
+    for (key, value) in selector {
+        assert_eq!(
+            service_labels
+                .get(key)
+                .map(|v| Value::from(v.as_str()))
+                .as_ref(),
+            Some(value),
+            "the ServiceMonitor's selector {key} does not match the Service"
+        );
+    }
+
+    let without_service = template(&[
+        "metrics.serviceMonitor.enabled=true",
+        "service.enabled=false",
+    ]);
+    assert!(
+        without_service.is_err(),
+        "a ServiceMonitor without its Service was rendered"
+    );
+}

@@ -1,0 +1,58 @@
+//! Every example manifest passes the CRD schemas, the CEL rules and Ferry's own validation.
+
+use std::path::PathBuf;
+
+use ferry::{
+    api::{Kind, admission::Admission},
+    manifest::{self, admit},
+    validate::SecretCheck,
+};
+
+fn examples() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples")
+}
+
+#[test]
+fn orders_pipeline_example_is_valid_with_its_secrets() {
+    let documents = manifest::load(&[examples().join("orders")]).expect("example loads");
+    let admitted = admit(&documents, "default", SecretCheck::Check);
+    let problems: Vec<String> = admitted.problems.iter().map(ToString::to_string).collect();
+    assert!(problems.is_empty(), "{problems:#?}");
+    assert!(admitted.ignored.is_empty(), "{:?}", admitted.ignored);
+    let catalog = &admitted.catalog;
+    assert_eq!(
+        [
+            catalog.outbox_sources.len(),
+            catalog.broker_topics.len(),
+            catalog.retry_policies.len(),
+            catalog.dead_letter_queues.len(),
+            catalog.consumers.len(),
+            catalog.secrets.len()
+        ],
+        [1, 1, 2, 2, 1, 3],
+        "the orders example should define one pipeline end to end"
+    );
+}
+
+#[test]
+fn every_example_passes_the_generated_schemas_and_ferry_validation() {
+    let documents = manifest::load(&[examples()]).expect("examples load");
+    let admission = Admission::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for document in &documents {
+        let kind = document.value["kind"].as_str().unwrap_or_default();
+        if let Some(kind) = Kind::from_kind_name(kind) {
+            seen.insert(kind);
+            let errors = admission.check(kind, &document.value);
+            assert!(errors.is_empty(), "{}: {errors:#?}", document.origin);
+        }
+    }
+    assert_eq!(
+        seen.len(),
+        Kind::ALL.len(),
+        "examples should show every kind, saw {seen:?}"
+    );
+    let admitted = admit(&documents, "default", SecretCheck::Skip);
+    let problems: Vec<String> = admitted.problems.iter().map(ToString::to_string).collect();
+    assert!(problems.is_empty(), "{problems:#?}");
+}
