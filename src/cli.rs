@@ -108,7 +108,11 @@ fn validate(paths: &[PathBuf], namespace: &str, check_secrets: bool) -> anyhow::
         Ok(ExitCode::SUCCESS)
     } else {
         let count = admitted.problems.len();
-        writeln!(out, "{count} problem{} found", if count == 1 { "" } else { "s" })?;
+        writeln!(
+            out,
+            "{count} problem{} found",
+            if count == 1 { "" } else { "s" }
+        )?;
         Ok(ExitCode::FAILURE)
     }
 }

@@ -186,10 +186,10 @@ pub fn admit(documents: &[Document], default_namespace: &str, secrets: SecretChe
     let mut origins: Vec<(ObjectId, Origin)> = Vec::new();
     for document in documents {
         let mut value = document.value.clone();
-        if value.pointer("/metadata/namespace").is_none() {
-            if let Some(metadata) = value.get_mut("metadata").and_then(Value::as_object_mut) {
-                metadata.insert("namespace".into(), default_namespace.into());
-            }
+        if value.pointer("/metadata/namespace").is_none()
+            && let Some(metadata) = value.get_mut("metadata").and_then(Value::as_object_mut)
+        {
+            metadata.insert("namespace".into(), default_namespace.into());
         }
         let id = object_id(&value);
         let mut problem = |error: FieldError| Problem {
@@ -218,14 +218,14 @@ pub fn admit(documents: &[Document], default_namespace: &str, secrets: SecretChe
                 .push(problem(FieldError::new(field, "is required")));
             continue;
         }
-        if let Some(id) = &id {
-            if let Some((_, first)) = origins.iter().find(|(seen, _)| seen == id) {
-                admitted.problems.push(problem(FieldError::new(
-                    "metadata.name",
-                    format!("duplicate object; first defined in {first}"),
-                )));
-                continue;
-            }
+        if let Some(id) = &id
+            && let Some((_, first)) = origins.iter().find(|(seen, _)| seen == id)
+        {
+            admitted.problems.push(problem(FieldError::new(
+                "metadata.name",
+                format!("duplicate object; first defined in {first}"),
+            )));
+            continue;
         }
         let outcome = match (api_version, kind) {
             ("v1", "Secret") => decode::<Secret>(&value)

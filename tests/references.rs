@@ -46,8 +46,14 @@ spec:
     let problems = problems(&admitted);
     assert_eq!(problems.len(), 3, "{problems:#?}");
     assert!(problems[0].contains("inline.yaml (document 1): OutboxSource shop/orders: spec.routes[0].topicRef.name: BrokerTopic \"orders\" not found in namespace \"shop\""), "{problems:#?}");
-    assert!(problems[1].contains("spec.routes[1].topicRef.name: BrokerTopic \"shipments\" not found"), "{problems:#?}");
-    assert!(problems[2].contains("spec.retryPolicyRef.name: RetryPolicy \"missing-policy\" not found"), "{problems:#?}");
+    assert!(
+        problems[1].contains("spec.routes[1].topicRef.name: BrokerTopic \"shipments\" not found"),
+        "{problems:#?}"
+    );
+    assert!(
+        problems[2].contains("spec.retryPolicyRef.name: RetryPolicy \"missing-policy\" not found"),
+        "{problems:#?}"
+    );
 }
 
 #[test]
@@ -111,7 +117,12 @@ spec:
     );
     let problems = problems(&admit_yaml(&text, SecretCheck::Skip));
     assert_eq!(problems.len(), 1, "{problems:#?}");
-    assert!(problems[0].contains("spec.deadLetterQueueRef.name: DeadLetterQueue \"loop\" stores into topic \"orders\""), "{problems:#?}");
+    assert!(
+        problems[0].contains(
+            "spec.deadLetterQueueRef.name: DeadLetterQueue \"loop\" stores into topic \"orders\""
+        ),
+        "{problems:#?}"
+    );
 }
 
 #[test]
@@ -158,8 +169,16 @@ spec:
     );
     let problems = problems(&admitted);
     assert_eq!(problems.len(), 2, "{problems:#?}");
-    assert!(problems[0].contains("spec.rabbitmq.routingKey: unknown placeholder {aggregate}"), "{problems:#?}");
-    assert!(problems[1].contains("spec.nats.subject: \"shipments.{eventType\" has a '{' without a matching '}'"), "{problems:#?}");
+    assert!(
+        problems[0].contains("spec.rabbitmq.routingKey: unknown placeholder {aggregate}"),
+        "{problems:#?}"
+    );
+    assert!(
+        problems[1].contains(
+            "spec.nats.subject: \"shipments.{eventType\" has a '{' without a matching '}'"
+        ),
+        "{problems:#?}"
+    );
 }
 
 #[test]
@@ -191,6 +210,14 @@ metadata: {name: orders}
     assert_eq!(admitted.ignored.len(), 1);
     let problems = problems(&admitted);
     assert_eq!(problems.len(), 2, "{problems:#?}");
-    assert!(problems[0].contains("apiVersion: \"ferry.dev/v1beta9\" is not supported; use \"ferry.dev/v1alpha1\""), "{problems:#?}");
-    assert!(problems[1].contains("(document 3)") && problems[1].contains("apiVersion: is required"), "{problems:#?}");
+    assert!(
+        problems[0].contains(
+            "apiVersion: \"ferry.dev/v1beta9\" is not supported; use \"ferry.dev/v1alpha1\""
+        ),
+        "{problems:#?}"
+    );
+    assert!(
+        problems[1].contains("(document 3)") && problems[1].contains("apiVersion: is required"),
+        "{problems:#?}"
+    );
 }

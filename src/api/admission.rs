@@ -143,10 +143,10 @@ fn to_strict_json_schema(schema: &Value) -> Value {
         };
         out.insert(key.clone(), converted);
     }
-    if map.get("nullable") == Some(&Value::Bool(true)) {
-        if let Some(Value::String(kind)) = out.get("type").cloned() {
-            out.insert("type".into(), serde_json::json!([kind, "null"]));
-        }
+    if map.get("nullable") == Some(&Value::Bool(true))
+        && let Some(Value::String(kind)) = out.get("type").cloned()
+    {
+        out.insert("type".into(), serde_json::json!([kind, "null"]));
     }
     let preserves_unknown =
         map.get("x-kubernetes-preserve-unknown-fields") == Some(&Value::Bool(true));

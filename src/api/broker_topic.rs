@@ -17,6 +17,8 @@ pub const DEFAULT_QUEUE_TABLE: &str = "ferry_queue";
 
 /// A destination on a broker: a RabbitMQ exchange, a NATS JetStream stream and subject, a Redis
 /// stream, or a queue in a SQL table. Sources publish to it and consumers read from it.
+// Each `printcolumn(...)` repeats `name`/`type_` keys, which clippy mistakes for duplicates.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "ferry.dev",

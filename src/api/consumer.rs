@@ -15,6 +15,8 @@ pub const DEFAULT_IDEMPOTENCY_TABLE: &str = "ferry_processed";
 /// Reads a `BrokerTopic` and delivers each message to a service over HTTP (CloudEvents binary
 /// mode, `Idempotency-Key` header), acknowledging only after the service accepted it, retrying
 /// failures per a `RetryPolicy` and dead-lettering what keeps failing.
+// Each `printcolumn(...)` repeats `name`/`type_` keys, which clippy mistakes for duplicates.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "ferry.dev",

@@ -14,6 +14,8 @@ pub const DEFAULT_DEAD_LETTER_TABLE: &str = "ferry_dead_letters";
 
 /// Where messages that keep failing (or can never be published) are kept, with the reason,
 /// until a person inspects them and replays or discards them with `ferry dlq`.
+// Each `printcolumn(...)` repeats `name`/`type_` keys, which clippy mistakes for duplicates.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "ferry.dev",

@@ -18,6 +18,8 @@ pub const DEFAULT_OUTBOX_TABLE: &str = "ferry_outbox";
 
 /// An outbox table that a service writes events into, in the same local transaction as its
 /// business data, and the relay workload that publishes every committed row to a broker.
+// Each `printcolumn(...)` repeats `name`/`type_` keys, which clippy mistakes for duplicates.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "ferry.dev",

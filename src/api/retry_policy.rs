@@ -11,6 +11,8 @@ pub const HTTP_STATUS_PATTERN: &str = r"^[1-5]([0-9]{2}|xx)$";
 
 /// How a failed delivery is retried: exponential backoff with a cap and jitter, a bounded
 /// number of attempts, a timeout per attempt, and which failures are retryable at all.
+// Each `printcolumn(...)` repeats `name`/`type_` keys, which clippy mistakes for duplicates.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "ferry.dev",
