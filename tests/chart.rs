@@ -17,7 +17,7 @@ use k8s_openapi::{
     Resource,
     api::{
         apps::v1::Deployment,
-        core::v1::{Container, Service, ServiceAccount},
+        core::v1::{Container, Probe, Service, ServiceAccount},
         rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, Subject},
     },
     apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
@@ -452,7 +452,7 @@ fn operator_service_account() -> Subject {
     }
 }
 
-fn http_get(probe: Option<&k8s_openapi::api::core::v1::Probe>) -> (Option<String>, IntOrString) {
+fn http_get(probe: Option<&Probe>) -> (Option<String>, IntOrString) {
     let action = probe
         .and_then(|probe| probe.http_get.clone())
         .expect("the probe is an HTTP GET");
@@ -507,13 +507,26 @@ fn chart_renders_only_known_fields_of_kubernetes_types() {
 }
 
 #[test]
-fn chart_detects_misspelt_fields_by_round_trip() {
-    // The round trip above proves something only if it catches a typo: check that it does.
-    let docs = parse_documents(
-        "apiVersion: v1\nkind: Service\nmetadata:\n  name: x\n  lables: {a: b}\n\
-         spec:\n  ports:\n    - port: 80\n      targetPort: http\n      protocl: TCP\n",
-        "inline",
-    );
+fn round_trip_check_reports_misspelt_fields_but_not_harmless_differences() {
+    // The check above proves something only if it catches a typo and nothing else: an empty
+    // map or a null may be dropped, and a port may be a number or a name.
+    let yaml = r#"
+apiVersion: v1
+kind: Service
+metadata:
+  name: x
+  annotations: {}
+  lables: {a: b}
+spec:
+  selector:
+  ports:
+    - port: 80
+      targetPort: 8080
+      protocl: TCP
+    - port: 81
+      targetPort: http
+"#;
+    let docs = parse_documents(yaml, "inline");
     let problems: Vec<String> = docs.iter().flat_map(round_trip_problems).collect();
     assert_eq!(
         problems,
@@ -889,24 +902,30 @@ fn chart_bindings_reference_rendered_roles_and_the_operator_service_account() {
 
 #[test]
 fn chart_ships_every_generated_crd_as_namespaced_ferry_dev_kinds() {
-    // charts/ferry/crds/ is generated from the Rust types (`ferry crd`); the chart must render
-    // exactly the CRDs in it.
+    // charts/ferry/crds/ is generated from the Rust types (`ferry crd`): it must hold the CRD
+    // of every kind, and the chart must render exactly those.
     let crd_dir = chart_dir().join("crds");
+    let entries = std::fs::read_dir(&crd_dir).unwrap_or_else(|e| {
+        panic!(
+            "cannot list {} (generate it with `ferry crd`): {e}",
+            crd_dir.display()
+        )
+    });
     let mut shipped = BTreeSet::new();
-    if crd_dir.is_dir() {
-        let entries = std::fs::read_dir(&crd_dir)
-            .unwrap_or_else(|e| panic!("cannot list {}: {e}", crd_dir.display()));
-        for entry in entries {
-            let path = entry.expect("a directory entry").path();
-            if !matches!(
-                path.extension().and_then(OsStr::to_str),
-                Some("yaml" | "yml")
-            ) {
-                continue;
-            }
+    for entry in entries {
+        let path = entry.expect("a directory entry").path();
+        if matches!(
+            path.extension().and_then(OsStr::to_str),
+            Some("yaml" | "yml")
+        ) {
             shipped.extend(crd_names_in(&path));
         }
     }
+    let expected: BTreeSet<String> = FERRY_PLURALS
+        .iter()
+        .map(|plural| format!("{plural}.ferry.dev"))
+        .collect();
+    assert_eq!(shipped, expected, "CRDs in {}", crd_dir.display());
 
     for render in Render::all() {
         let crds = render.objects::<CustomResourceDefinition>();
@@ -999,4 +1018,15 @@ fn chart_service_monitor_is_opt_in_and_scrapes_the_http_port() {
         without_service.is_err(),
         "a ServiceMonitor without its Service was rendered"
     );
+}
+
+#[test]
+fn chart_refuses_several_replicas_without_leader_election() {
+    let rendered = template(&["replicaCount=2", "leaderElection.enabled=false"]);
+    assert!(
+        rendered.is_err(),
+        "two replicas without leader election were rendered: both would reconcile and write"
+    );
+    let elected: Deployment = Render::new(&["replicaCount=2"]).only();
+    assert_eq!(elected.spec.and_then(|spec| spec.replicas), Some(2));
 }
