@@ -64,6 +64,7 @@ pub const DEFAULT_OUTBOX_TABLE: &str = "ferry_outbox";
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[x_kube(validation = Rule::new("!has(self.capture) || !has(self.capture.notify) || !self.capture.notify || self.database.engine == 'postgres'").message("capture.notify needs a postgres database: other engines have no notifications").field_path(".capture.notify"))]
+#[x_kube(validation = Rule::new("self.database.engine != 'sqlite' || !has(self.relay) || self.relay.replicas <= 1").message("a sqlite outbox has one writer at a time: relay.replicas must be 0 or 1").field_path(".relay.replicas"))]
 #[x_kube(validation = Rule::new("!has(self.lag) || !has(self.lag.maxAge) || duration(self.lag.maxAge) > duration('0s')").message("lag.maxAge must be greater than zero").field_path(".lag.maxAge"))]
 pub struct OutboxSourceSpec {
     /// The database that holds the outbox table.
@@ -137,6 +138,12 @@ pub struct Capture {
     #[serde(default = "default_batch_size")]
     #[schemars(range(min = 1, max = 10000))]
     pub batch_size: i32,
+    /// The largest message the relay publishes, headers included. A row whose message would be
+    /// larger is dead-lettered with the reason instead of blocking the rows behind it. The broker
+    /// may set a lower limit (NATS announces its `max_payload`); the lower one applies.
+    #[serde(default = "default_max_message_bytes")]
+    #[schemars(range(min = 1024, max = 67108864))]
+    pub max_message_bytes: i32,
     /// Wake the relay with PostgreSQL LISTEN/NOTIFY as soon as a row commits. Defaults to on
     /// for PostgreSQL; other engines have no notifications, so setting it there is an error.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -151,11 +158,16 @@ fn default_batch_size() -> i32 {
     500
 }
 
+fn default_max_message_bytes() -> i32 {
+    1024 * 1024
+}
+
 impl Default for Capture {
     fn default() -> Self {
         Self {
             poll_interval: default_poll_interval(),
             batch_size: default_batch_size(),
+            max_message_bytes: default_max_message_bytes(),
             notify: None,
         }
     }

@@ -285,6 +285,12 @@ impl SpecCheck for OutboxSourceSpec {
             object_ref(&spec.child("deadLetterQueueRef"), reference, errors);
         }
         workload(&spec.child("relay"), &self.relay, errors);
+        if self.database.engine == DatabaseEngine::Sqlite && self.relay.replicas > 1 {
+            errors.push(spec.child("relay").child("replicas").error(format!(
+                "a sqlite outbox has one writer at a time: must be 0 or 1 (got {})",
+                self.relay.replicas
+            )));
+        }
         if let Some(thresholds) = &self.lag {
             lag(&spec.child("lag"), thresholds, errors);
         }
