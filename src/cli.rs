@@ -8,7 +8,12 @@ use std::{
 
 use clap::{Parser, Subcommand};
 
-use crate::{crd, manifest, telemetry::LogFormat, validate::SecretCheck};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    api::DatabaseEngine, config, crd, manifest, outbox, relay, telemetry::LogFormat,
+    validate::SecretCheck,
+};
 
 /// Reliable messaging pipelines: transactional outbox, relay, idempotent consumers, retries and
 /// dead-letter queues.
@@ -52,10 +57,58 @@ pub enum Command {
         #[arg(long)]
         check_secrets: bool,
     },
+    /// Run the relay: publish every committed outbox row to its broker topic.
+    Relay {
+        /// The resolved relay config (YAML), as the operator renders it into a ConfigMap.
+        #[arg(long, value_name = "FILE", env = "FERRY_CONFIG")]
+        config: PathBuf,
+    },
+    /// Manage the outbox table.
+    Outbox {
+        #[command(subcommand)]
+        command: OutboxCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OutboxCommand {
+    /// Create the outbox table, its indexes and (PostgreSQL) its triggers; safe to run again.
+    Migrate {
+        /// The database engine.
+        #[arg(long, value_enum)]
+        engine: EngineArg,
+        /// The database URL.
+        #[arg(long, env = "FERRY_DATABASE_URL", hide_env_values = true)]
+        url: Option<String>,
+        /// The outbox table, optionally `schema.table`.
+        #[arg(long, default_value = crate::api::outbox_source::DEFAULT_OUTBOX_TABLE)]
+        table: String,
+        /// Print the SQL instead of running it.
+        #[arg(long)]
+        print: bool,
+    },
+}
+
+/// Engines as command-line values.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum EngineArg {
+    Postgres,
+    Mysql,
+    Sqlite,
+}
+
+impl From<EngineArg> for DatabaseEngine {
+    fn from(engine: EngineArg) -> Self {
+        match engine {
+            EngineArg::Postgres => DatabaseEngine::Postgres,
+            EngineArg::Mysql => DatabaseEngine::Mysql,
+            EngineArg::Sqlite => DatabaseEngine::Sqlite,
+        }
+    }
 }
 
 /// Runs a parsed command line.
-pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Crd { output_dir: None } => {
             write!(stdout().lock(), "{}", crd::all_crds_yaml()?)?;
@@ -75,7 +128,76 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             namespace,
             check_secrets,
         } => validate(&paths, &namespace, check_secrets),
+        Command::Relay { config } => run_relay(&config).await,
+        Command::Outbox {
+            command:
+                OutboxCommand::Migrate {
+                    engine,
+                    url,
+                    table,
+                    print,
+                },
+        } => migrate_outbox(engine.into(), url, &table, print).await,
     }
+}
+
+async fn run_relay(path: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let config: config::RelayConfig = config::load(path)?;
+    let shutdown = CancellationToken::new();
+    let relay = relay::start(config, shutdown.clone()).await?;
+    tokio::spawn(stop_on_signal(shutdown));
+    relay.wait().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Cancels `shutdown` on SIGTERM (Kubernetes stopping the pod) or SIGINT (Ctrl-C).
+pub async fn stop_on_signal(shutdown: CancellationToken) {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = terminate => tracing::info!("SIGTERM: finishing in-flight work"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: finishing in-flight work"),
+    }
+    shutdown.cancel();
+}
+
+async fn migrate_outbox(
+    engine: DatabaseEngine,
+    url: Option<String>,
+    table: &str,
+    print: bool,
+) -> anyhow::Result<ExitCode> {
+    if let Some(problem) = crate::validate::check_table_name(table) {
+        anyhow::bail!("--table: {problem}");
+    }
+    if print {
+        let mut out = stdout().lock();
+        for statement in outbox::schema::outbox_ddl(engine, table) {
+            writeln!(out, "{statement};\n")?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let url = url.ok_or_else(|| {
+        anyhow::anyhow!("--url (or FERRY_DATABASE_URL) is required unless --print is given")
+    })?;
+    outbox::migrate::migrate(engine, &url, table)
+        .await
+        .map_err(|error| anyhow::anyhow!("migrating outbox table {table}: {error}"))?;
+    writeln!(
+        stdout().lock(),
+        "outbox table {table} is ready ({})",
+        engine.as_str()
+    )?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn validate(paths: &[PathBuf], namespace: &str, check_secrets: bool) -> anyhow::Result<ExitCode> {

@@ -2,8 +2,16 @@
 //! retries and dead-letter queues) run by a Kubernetes operator or standalone.
 
 pub mod api;
+pub mod broker;
 pub mod cli;
+pub mod config;
 pub mod crd;
+pub mod dlq;
 pub mod manifest;
+pub mod message;
+pub mod observe;
+pub mod outbox;
+pub mod relay;
+pub mod retry;
 pub mod telemetry;
 pub mod validate;

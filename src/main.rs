@@ -3,13 +3,14 @@ use std::process::ExitCode;
 use clap::Parser;
 use ferry::cli::{self, Cli};
 
-fn main() -> ExitCode {
+#[tokio::main]
+async fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Err(error) = ferry::telemetry::init(cli.log_format, &cli.log_level) {
         eprintln!("ferry: cannot set up logging: {error:#}");
         return ExitCode::FAILURE;
     }
-    match cli::run(cli) {
+    match cli::run(cli).await {
         Ok(code) => code,
         // `ferry crd | head` closing the pipe early is not an error worth a message.
         Err(error) if is_broken_pipe(&error) => ExitCode::SUCCESS,

@@ -1,0 +1,171 @@
+//! The relay's metrics and its `/status` document.
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicI64, AtomicU64, Ordering},
+};
+
+use chrono::{DateTime, Utc};
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+use serde_json::json;
+
+use crate::{
+    observe::{Health, http::StatusReport},
+    outbox::PendingStats,
+};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TopicLabels {
+    pub topic: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: String,
+}
+
+/// Counters and gauges, registered once and shared by every worker.
+pub struct RelayMetrics {
+    pub published: Family<TopicLabels, Counter>,
+    pub dead_lettered: Family<ReasonLabels, Counter>,
+    /// Batches that failed and will be retried, by error category.
+    pub failed_batches: Family<ReasonLabels, Counter>,
+    pub batch_size: Histogram,
+    /// Seconds from sending a batch to the last broker confirm.
+    pub publish_latency: Histogram,
+    pub pending_rows: Gauge,
+    pub oldest_pending_age_seconds: Gauge,
+    pub failed_rows: Gauge,
+    published_total: AtomicU64,
+    dead_lettered_total: AtomicU64,
+    pending: AtomicI64,
+    oldest_age: AtomicI64,
+    failed: AtomicI64,
+}
+
+impl RelayMetrics {
+    pub fn new(registry: &mut Registry) -> Arc<Self> {
+        let metrics = Arc::new(Self {
+            published: Family::default(),
+            dead_lettered: Family::default(),
+            failed_batches: Family::default(),
+            batch_size: Histogram::new([
+                1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 5000.0, 10000.0,
+            ]),
+            publish_latency: Histogram::new([
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
+            pending_rows: Gauge::default(),
+            oldest_pending_age_seconds: Gauge::default(),
+            failed_rows: Gauge::default(),
+            published_total: AtomicU64::new(0),
+            dead_lettered_total: AtomicU64::new(0),
+            pending: AtomicI64::new(-1),
+            oldest_age: AtomicI64::new(0),
+            failed: AtomicI64::new(0),
+        });
+        let relay = registry.sub_registry_with_prefix("ferry_relay");
+        relay.register(
+            "published",
+            "Messages the broker confirmed",
+            metrics.published.clone(),
+        );
+        relay.register(
+            "dead_lettered",
+            "Rows that can never be published, by reason",
+            metrics.dead_lettered.clone(),
+        );
+        relay.register(
+            "failed_batches",
+            "Batches left pending after a database or broker error, by category",
+            metrics.failed_batches.clone(),
+        );
+        relay.register(
+            "batch_size",
+            "Rows per claimed batch",
+            metrics.batch_size.clone(),
+        );
+        relay.register(
+            "publish_latency_seconds",
+            "Time from sending a batch to its last confirm",
+            metrics.publish_latency.clone(),
+        );
+        relay.register(
+            "pending_rows",
+            "Outbox rows not yet published",
+            metrics.pending_rows.clone(),
+        );
+        relay.register(
+            "oldest_pending_age_seconds",
+            "Age of the oldest unpublished row",
+            metrics.oldest_pending_age_seconds.clone(),
+        );
+        relay.register(
+            "failed_rows",
+            "Rows marked failed in the outbox (no dead-letter queue)",
+            metrics.failed_rows.clone(),
+        );
+        metrics
+    }
+
+    pub fn record_published(&self, topic: &str, count: u64) {
+        self.published
+            .get_or_create(&TopicLabels {
+                topic: topic.to_owned(),
+            })
+            .inc_by(count);
+        self.published_total.fetch_add(count, Ordering::Relaxed);
+    }
+
+    pub fn record_dead_letter(&self, reason: &str) {
+        self.dead_lettered
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_owned(),
+            })
+            .inc();
+        self.dead_lettered_total.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn record_pending(&self, stats: PendingStats, now: DateTime<Utc>) {
+        let age = stats
+            .oldest
+            .map_or(0, |oldest| (now - oldest).num_seconds().max(0));
+        self.pending.store(stats.rows, Ordering::Relaxed);
+        self.oldest_age.store(age, Ordering::Relaxed);
+        self.failed.store(stats.failed, Ordering::Relaxed);
+        self.pending_rows.set(stats.rows);
+        self.oldest_pending_age_seconds.set(age);
+        self.failed_rows.set(stats.failed);
+    }
+
+    pub fn published_total(&self) -> u64 {
+        self.published_total.load(Ordering::Relaxed)
+    }
+}
+
+/// `/status` for the relay; the operator reads it.
+pub struct RelayReport {
+    pub metrics: Arc<RelayMetrics>,
+    pub health: Arc<Health>,
+}
+
+impl StatusReport for RelayReport {
+    fn status(&self) -> serde_json::Value {
+        let pending = self.metrics.pending.load(Ordering::Relaxed);
+        json!({
+            "pendingRows": (pending >= 0).then_some(pending),
+            "oldestPendingAgeSeconds": (pending >= 0).then(|| self.metrics.oldest_age.load(Ordering::Relaxed)),
+            "failedRows": self.metrics.failed.load(Ordering::Relaxed),
+            "publishedTotal": self.metrics.published_total(),
+            "deadLetteredTotal": self.metrics.dead_lettered_total.load(Ordering::Relaxed),
+            "databaseConnected": self.health.database(),
+            "brokerConnected": self.health.broker(),
+            "ready": self.health.ready(),
+            "lastError": self.health.last_error(),
+        })
+    }
+}

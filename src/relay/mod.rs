@@ -1,0 +1,268 @@
+//! The relay workload (`ferry relay`): moves every committed outbox row to its broker topic,
+//! at least once, in commit order per key, and only then deletes or marks the row.
+
+pub mod metrics;
+mod publishers;
+mod router;
+mod worker;
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use chrono::Utc;
+use prometheus_client::registry::Registry;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    api::outbox_source::CleanupMode,
+    config::RelayConfig,
+    dlq::{self, DeadLetterStore},
+    observe::{Health, http},
+    outbox::{self, NotificationChannel, OutboxStore},
+    retry::Backoff,
+};
+pub use router::{Destination, Router};
+
+/// What every worker of one relay shares.
+pub(crate) struct Shared {
+    config: RelayConfig,
+    store: Box<dyn OutboxStore>,
+    publishers: publishers::Publishers,
+    router: Router,
+    dead_letters: Option<Box<dyn DeadLetterStore>>,
+    metrics: Arc<metrics::RelayMetrics>,
+    health: Arc<Health>,
+}
+
+/// A relay that has started serving its endpoints.
+pub struct RunningRelay {
+    /// Where `/healthz`, `/readyz`, `/metrics` and `/status` are served.
+    pub address: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RunningRelay {
+    /// Waits until the relay has stopped (after `shutdown` is cancelled).
+    pub async fn wait(self) {
+        if let Err(error) = self.task.await {
+            tracing::error!(%error, "relay task failed");
+        }
+    }
+}
+
+/// Starts a relay: endpoints at once, then (retrying with backoff until they answer) the
+/// database, the dead-letter store and the brokers, then the workers. Cancelling `shutdown`
+/// lets every worker finish its batch, then stops.
+pub async fn start(
+    config: RelayConfig,
+    shutdown: CancellationToken,
+) -> std::io::Result<RunningRelay> {
+    let health = Arc::new(Health::default());
+    let mut registry = Registry::default();
+    let relay_metrics = metrics::RelayMetrics::new(&mut registry);
+    let report = Arc::new(metrics::RelayReport {
+        metrics: relay_metrics.clone(),
+        health: health.clone(),
+    });
+    let http_stop = CancellationToken::new();
+    let (address, http_task) = http::serve(
+        config.http.listen,
+        health.clone(),
+        registry,
+        report,
+        http_stop.clone(),
+    )
+    .await?;
+    tracing::info!(%address, source = %config.source.name, "relay endpoints listening");
+    let task = tokio::spawn(async move {
+        if let Some(shared) = connect(config, health, relay_metrics, &shutdown).await {
+            run_workers(Arc::new(shared), &shutdown).await;
+        }
+        http_stop.cancel();
+        let _ = http_task.await;
+        tracing::info!("relay stopped");
+    });
+    Ok(RunningRelay { address, task })
+}
+
+/// Opens everything the workers need, retrying until it works or `shutdown`.
+async fn connect(
+    config: RelayConfig,
+    health: Arc<Health>,
+    metrics: Arc<metrics::RelayMetrics>,
+    shutdown: &CancellationToken,
+) -> Option<Shared> {
+    let mut backoff = Backoff::new(&config.retry);
+    let store = loop {
+        match outbox::open(&config.database).await {
+            Ok(store) => break store,
+            Err(error) => {
+                health.record_error("database", error.to_string());
+                tracing::warn!(%error, "cannot open the outbox database; retrying");
+                if !sleep_or_stop(backoff.next_delay(), shutdown).await {
+                    return None;
+                }
+            }
+        }
+    };
+    health.set_database(true);
+    backoff.reset();
+    let dead_letters = match &config.dead_letter {
+        None => None,
+        Some(dead_letter) => loop {
+            match dlq::open(dead_letter).await {
+                Ok(store) => break Some(store),
+                Err(error) => {
+                    health.record_error("dead_letter", error.to_string());
+                    tracing::warn!(%error, "cannot open the dead-letter store; retrying");
+                    if !sleep_or_stop(backoff.next_delay(), shutdown).await {
+                        return None;
+                    }
+                }
+            }
+        },
+    };
+    let publishers = publishers::Publishers::new(&config.topics);
+    backoff.reset();
+    while let Err(error) = publishers.connect_all().await {
+        health.record_error(error.category(), error.to_string());
+        tracing::warn!(%error, "cannot reach a broker; retrying");
+        if !sleep_or_stop(backoff.next_delay(), shutdown).await {
+            return None;
+        }
+    }
+    health.set_broker(true);
+    Some(Shared {
+        router: Router::new(&config),
+        config,
+        store,
+        publishers,
+        dead_letters,
+        metrics,
+        health,
+    })
+}
+
+/// Sleeps; `false` when `shutdown` came first.
+async fn sleep_or_stop(delay: Duration, shutdown: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(delay) => true,
+        _ = shutdown.cancelled() => false,
+    }
+}
+
+async fn run_workers(shared: Arc<Shared>, shutdown: &CancellationToken) {
+    let (wake_sender, wake) = watch::channel(0_u64);
+    let background = CancellationToken::new();
+    if shared.config.capture.notify {
+        if let Some(channel) = shared.store.notifications() {
+            tokio::spawn(listen(
+                channel,
+                wake_sender.clone(),
+                shared.clone(),
+                background.clone(),
+            ));
+        }
+    }
+    tokio::spawn(watch_pending(shared.clone(), background.clone()));
+    if shared.config.cleanup.mode == CleanupMode::Mark {
+        tokio::spawn(purge(shared.clone(), background.clone()));
+    }
+    let workers = if shared.store.supports_concurrent_claims() {
+        shared.config.capture.workers.max(1)
+    } else {
+        1
+    };
+    let tasks: Vec<_> = (0..workers)
+        .map(|_| tokio::spawn(worker::run(shared.clone(), wake.clone(), shutdown.clone())))
+        .collect();
+    for task in tasks {
+        if let Err(error) = task.await {
+            tracing::error!(%error, "relay worker failed");
+        }
+    }
+    background.cancel();
+    shared.publishers.close_all().await;
+}
+
+/// LISTENs for commit notifications and wakes the workers; reconnects after a failure (polling
+/// covers the gap) and wakes them once more after reconnecting, in case rows came meanwhile.
+async fn listen(
+    channel: NotificationChannel,
+    wake: watch::Sender<u64>,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+) {
+    let mut backoff = Backoff::new(&shared.config.retry);
+    while !stop.is_cancelled() {
+        let listener = async {
+            let mut listener = sqlx::postgres::PgListener::connect(&channel.url).await?;
+            listener.listen(&channel.channel).await?;
+            wake.send_modify(|n| *n += 1);
+            tracing::debug!(channel = %channel.channel, "listening for outbox commits");
+            loop {
+                listener.recv().await?;
+                wake.send_modify(|n| *n += 1);
+            }
+            #[allow(unreachable_code)]
+            Ok::<(), sqlx::Error>(())
+        };
+        tokio::select! {
+            result = listener => {
+                if let Err(error) = result {
+                    tracing::warn!(%error, "LISTEN connection lost; polling until it is back");
+                }
+            }
+            _ = stop.cancelled() => return,
+        }
+        if !sleep_or_stop(backoff.next_delay(), &stop).await {
+            return;
+        }
+    }
+}
+
+/// Refreshes the pending-row gauges every two seconds.
+async fn watch_pending(shared: Arc<Shared>, stop: CancellationToken) {
+    loop {
+        match shared.store.pending().await {
+            Ok(stats) => shared.metrics.record_pending(stats, Utc::now()),
+            Err(error) => tracing::debug!(%error, "cannot count pending rows"),
+        }
+        if !sleep_or_stop(Duration::from_secs(2), &stop).await {
+            return;
+        }
+    }
+}
+
+/// With `cleanup.mode: Mark`, deletes rows published longer ago than the retention, in bounded
+/// batches so that no statement holds locks for long.
+async fn purge(shared: Arc<Shared>, stop: CancellationToken) {
+    let cleanup = &shared.config.cleanup;
+    loop {
+        let before = Utc::now()
+            - chrono::Duration::from_std(cleanup.retention.as_std())
+                .unwrap_or(chrono::Duration::MAX);
+        loop {
+            match shared
+                .store
+                .purge_published(before, cleanup.purge_batch_size)
+                .await
+            {
+                Ok(deleted) if deleted >= u64::from(cleanup.purge_batch_size) => continue,
+                Ok(deleted) => {
+                    if deleted > 0 {
+                        tracing::debug!(deleted, "purged published rows");
+                    }
+                    break;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "purging published rows failed");
+                    break;
+                }
+            }
+        }
+        if !sleep_or_stop(Duration::from_secs(60), &stop).await {
+            return;
+        }
+    }
+}

@@ -1,0 +1,82 @@
+//! One publisher per topic, connected on first use and dropped after an error, so the next
+//! batch reconnects (with the worker's backoff in between).
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use tokio::sync::Mutex;
+
+use crate::{
+    broker::{self, BrokerError, Publisher},
+    config::TopicConfig,
+};
+
+pub struct Publishers {
+    slots: BTreeMap<String, (TopicConfig, Mutex<Option<Arc<dyn Publisher>>>)>,
+}
+
+impl Publishers {
+    pub fn new(topics: &BTreeMap<String, TopicConfig>) -> Self {
+        Self {
+            slots: topics
+                .iter()
+                .map(|(name, topic)| (name.clone(), (topic.clone(), Mutex::new(None))))
+                .collect(),
+        }
+    }
+
+    /// The connected publisher of `topic`, connecting it when needed.
+    pub async fn get(&self, topic: &str) -> Result<Arc<dyn Publisher>, BrokerError> {
+        let Some((config, slot)) = self.slots.get(topic) else {
+            return Err(BrokerError::Topology {
+                topic: topic.to_owned(),
+                message: "no such topic in the relay config".into(),
+            });
+        };
+        let mut slot = slot.lock().await;
+        if let Some(publisher) = slot.as_ref() {
+            return Ok(publisher.clone());
+        }
+        let publisher: Arc<dyn Publisher> = Arc::from(broker::connect(config).await?);
+        tracing::info!(
+            topic,
+            broker = config.broker().as_str(),
+            "connected to broker"
+        );
+        *slot = Some(publisher.clone());
+        Ok(publisher)
+    }
+
+    /// Forgets a publisher whose connection failed.
+    pub async fn reset(&self, topic: &str) {
+        if let Some((_, slot)) = self.slots.get(topic) {
+            if let Some(publisher) = slot.lock().await.take() {
+                publisher.close().await;
+            }
+        }
+    }
+
+    /// Connects every topic now, so a misconfiguration shows at start.
+    pub async fn connect_all(&self) -> Result<(), BrokerError> {
+        for topic in self.slots.keys() {
+            self.get(topic).await?;
+        }
+        Ok(())
+    }
+
+    /// The largest message `topic` accepts: the broker's own limit where it has one.
+    pub async fn limit(&self, topic: &str) -> Option<usize> {
+        let (_, slot) = self.slots.get(topic)?;
+        slot.lock()
+            .await
+            .as_ref()
+            .and_then(|publisher| publisher.max_message_bytes())
+    }
+
+    pub async fn close_all(&self) {
+        for (_, slot) in self.slots.values() {
+            if let Some(publisher) = slot.lock().await.take() {
+                publisher.close().await;
+            }
+        }
+    }
+}
