@@ -154,15 +154,15 @@ async fn sleep_or_stop(delay: Duration, shutdown: &CancellationToken) -> bool {
 async fn run_workers(shared: Arc<Shared>, shutdown: &CancellationToken) {
     let (wake_sender, wake) = watch::channel(0_u64);
     let background = CancellationToken::new();
-    if shared.config.capture.notify {
-        if let Some(channel) = shared.store.notifications() {
-            tokio::spawn(listen(
-                channel,
-                wake_sender.clone(),
-                shared.clone(),
-                background.clone(),
-            ));
-        }
+    if shared.config.capture.notify
+        && let Some(channel) = shared.store.notifications()
+    {
+        tokio::spawn(listen(
+            channel,
+            wake_sender.clone(),
+            shared.clone(),
+            background.clone(),
+        ));
     }
     tokio::spawn(watch_pending(shared.clone(), background.clone()));
     if shared.config.cleanup.mode == CleanupMode::Mark {

@@ -10,8 +10,11 @@ use crate::{
     config::TopicConfig,
 };
 
+/// A topic's config and its publisher, once connected.
+type Slot = (TopicConfig, Mutex<Option<Arc<dyn Publisher>>>);
+
 pub struct Publishers {
-    slots: BTreeMap<String, (TopicConfig, Mutex<Option<Arc<dyn Publisher>>>)>,
+    slots: BTreeMap<String, Slot>,
 }
 
 impl Publishers {
@@ -48,10 +51,10 @@ impl Publishers {
 
     /// Forgets a publisher whose connection failed.
     pub async fn reset(&self, topic: &str) {
-        if let Some((_, slot)) = self.slots.get(topic) {
-            if let Some(publisher) = slot.lock().await.take() {
-                publisher.close().await;
-            }
+        if let Some((_, slot)) = self.slots.get(topic)
+            && let Some(publisher) = slot.lock().await.take()
+        {
+            publisher.close().await;
         }
     }
 

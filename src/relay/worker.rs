@@ -213,7 +213,7 @@ async fn encode(shared: &Shared, events: &[OutboxEvent]) -> (Groups, Vec<Refused
             }),
             Some(Destination {
                 topic, routing_key, ..
-            }) => envelope(event, &source, routing_key).and_then(|envelope| Ok((topic, envelope))),
+            }) => envelope(event, &source, routing_key).map(|envelope| (topic, envelope)),
         };
         let checked = match encoded {
             Ok((topic, envelope)) => {

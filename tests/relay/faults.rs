@@ -1,0 +1,1 @@
+//! Crashes and outages: nothing committed is lost.

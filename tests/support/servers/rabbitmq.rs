@@ -1,0 +1,134 @@
+//! A private RabbitMQ node for fault tests.
+
+use std::path::Path;
+
+use tokio::process::Command;
+
+use super::{ServerError, Supervised, port_or_error, temp_dir};
+use crate::support::TempDir;
+
+/// A private RabbitMQ node with its own name, ports, cookie (`HOME`), configuration, data and
+/// logs. It runs in the foreground as a child of the test, which lets `Drop` kill it even when
+/// `rabbitmqctl` cannot reach it: `RUNNING_UNDER_SYSTEMD` makes the start script `exec` the
+/// Erlang VM (as it does under systemd) instead of running it in the background behind a
+/// signal-forwarding shell, so the child is the node itself and not a shell whose death would
+/// orphan it. It uses the scripts in `/usr/lib/rabbitmq/bin` directly: the `/usr/sbin`
+/// wrappers switch to the `rabbitmq` user, whose cookie and files belong to the shared node.
+pub struct PrivateRabbitMq {
+    port: u16,
+    dist_port: u16,
+    node: String,
+    process: Supervised,
+    dir: TempDir,
+}
+
+const RABBITMQ_BIN: &str = "/usr/lib/rabbitmq/bin";
+
+impl PrivateRabbitMq {
+    pub async fn launch() -> Result<Self, ServerError> {
+        let dir = temp_dir("rabbitmq")?;
+        let log = dir.path().join("rabbitmq.log");
+        let port = port_or_error("rabbitmq", &log)?;
+        let mut dist_port = port_or_error("rabbitmq", &log)?;
+        // The kernel may hand out the same free port twice in a row.
+        while dist_port == port {
+            dist_port = port_or_error("rabbitmq", &log)?;
+        }
+        let files = [
+            ("home/.keep", ""),
+            // Our own (empty) env file and config: the machine's set the shared node's name and
+            // its listener on 5672. All logs go to the console, which is our log file.
+            ("rabbitmq-env.conf", ""),
+            ("rabbitmq.conf", "log.console = true\nlog.file = false\n"),
+            ("enabled_plugins", "[].\n"),
+        ];
+        for (name, text) in files {
+            let path = dir.path().join(name);
+            let written = path
+                .parent()
+                .map_or(Ok(()), std::fs::create_dir_all)
+                .and_then(|()| std::fs::write(&path, text));
+            written.map_err(|e| {
+                ServerError::new(
+                    "rabbitmq",
+                    &log,
+                    format!("cannot write {}: {e}", path.display()),
+                )
+            })?;
+        }
+        let node = format!("ferry-test-{port}@localhost");
+        let mut rabbitmq = Self {
+            port,
+            dist_port,
+            node,
+            process: Supervised::new("rabbitmq", log),
+            dir,
+        };
+        rabbitmq.start().await?;
+        Ok(rabbitmq)
+    }
+
+    pub fn url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    fn command(&self, program: &str) -> std::process::Command {
+        let dir = self.dir.path();
+        let mut command = std::process::Command::new(Path::new(RABBITMQ_BIN).join(program));
+        command
+            .current_dir(dir)
+            .env("HOME", dir.join("home"))
+            .env("RABBITMQ_CONF_ENV_FILE", dir.join("rabbitmq-env.conf"))
+            .env("RABBITMQ_CONFIG_FILE", dir.join("rabbitmq.conf"))
+            .env("RABBITMQ_ENABLED_PLUGINS_FILE", dir.join("enabled_plugins"))
+            .env("RABBITMQ_MNESIA_BASE", dir.join("mnesia"))
+            .env("RABBITMQ_LOG_BASE", dir.join("log"))
+            .env("RABBITMQ_NODENAME", &self.node)
+            .env("RABBITMQ_NODE_IP_ADDRESS", "127.0.0.1")
+            .env("RABBITMQ_NODE_PORT", self.port.to_string())
+            .env("RABBITMQ_DIST_PORT", self.dist_port.to_string())
+            .env("ERL_EPMD_ADDRESS", "127.0.0.1")
+            .env("RUNNING_UNDER_SYSTEMD", "true")
+            .env(
+                "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS",
+                "-kernel inet_dist_use_interface {127,0,0,1}",
+            );
+        command
+    }
+
+    pub async fn start(&mut self) -> Result<(), ServerError> {
+        if !Path::new(RABBITMQ_BIN).join("rabbitmq-server").exists() {
+            return Err(self
+                .process
+                .error(format!("no rabbitmq-server in {RABBITMQ_BIN}")));
+        }
+        let command = self.command("rabbitmq-server");
+        self.process.start(command, self.port).await
+    }
+
+    /// `rabbitmqctl stop`: the node syncs its message store and halts.
+    pub async fn stop(&mut self) -> Result<(), ServerError> {
+        let output = Command::from(self.command("rabbitmqctl"))
+            .args(["-n", &self.node, "stop"])
+            .output()
+            .await;
+        let output =
+            output.map_err(|e| self.process.error(format!("cannot run rabbitmqctl: {e}")))?;
+        if !output.status.success() {
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            return Err(self.process.error(format!(
+                "rabbitmqctl stop failed ({}): {stderr}",
+                output.status
+            )));
+        }
+        self.process.wait_exit().await
+    }
+}
