@@ -63,11 +63,46 @@ pub enum Command {
         #[arg(long, value_name = "FILE", env = "FERRY_CONFIG")]
         config: PathBuf,
     },
+    /// Print the resolved config a workload runs with, as the operator renders it.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Measure throughput and latency against the real servers, with the raw client as ceiling.
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
     /// Manage the outbox table.
     Outbox {
         #[command(subcommand)]
         command: OutboxCommand,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// The relay config of an OutboxSource: `ferry relay --config` reads it. Connection URLs
+    /// are read from environment variables named in the output, never written into it.
+    Relay {
+        /// Files or folders with the OutboxSource and everything it references.
+        #[arg(short = 'f', long = "filename", required = true, value_name = "PATH")]
+        paths: Vec<PathBuf>,
+        /// The OutboxSource's name.
+        name: String,
+        /// Its namespace (and the default for objects without one).
+        #[arg(short, long, default_value = "default")]
+        namespace: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Relay throughput from a pre-filled outbox, against the raw client publishing the same
+    /// messages with the same confirmations; also the relay's peak memory.
+    Relay(crate::bench::RelayBenchArgs),
+    /// End-to-end latency from COMMIT to a broker consumer receiving the message, at a fixed rate.
+    Latency(crate::bench::LatencyBenchArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -129,6 +164,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             check_secrets,
         } => validate(&paths, &namespace, check_secrets),
         Command::Relay { config } => run_relay(&config).await,
+        Command::Config {
+            command: ConfigCommand::Relay { paths, name, namespace },
+        } => render_relay_config(&paths, &name, &namespace),
+        Command::Bench {
+            command: BenchCommand::Relay(args),
+        } => crate::bench::relay_throughput(args).await,
+        Command::Bench {
+            command: BenchCommand::Latency(args),
+        } => crate::bench::commit_to_consumer_latency(args).await,
         Command::Outbox {
             command:
                 OutboxCommand::Migrate {
@@ -139,6 +183,37 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 },
         } => migrate_outbox(engine.into(), url, &table, print).await,
     }
+}
+
+fn render_relay_config(paths: &[PathBuf], name: &str, namespace: &str) -> anyhow::Result<ExitCode> {
+    let documents = manifest::load(paths)?;
+    let admitted = manifest::admit(&documents, namespace, SecretCheck::Skip);
+    if !admitted.is_valid() {
+        for problem in &admitted.problems {
+            eprintln!("{problem}");
+        }
+        anyhow::bail!("the manifests have {} problems", admitted.problems.len());
+    }
+    let relay = config::resolve_relay(&admitted.catalog, namespace, name, &config::secret_from_env).map_err(|errors| {
+        let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        anyhow::anyhow!("OutboxSource {namespace}/{name}: {}", lines.join("; "))
+    })?;
+    let mut out = stdout().lock();
+    writeln!(out, "# Resolved by `ferry config relay` from the manifests; run with `ferry relay --config FILE`.")?;
+    writeln!(out, "# Connection URLs come from these environment variables:")?;
+    let variables: std::collections::BTreeSet<String> = std::iter::once(&relay.database.url)
+        .chain(relay.topics.values().map(|topic| &topic.url))
+        .chain(relay.dead_letter.iter().map(|dead_letter| match dead_letter {
+            config::DeadLetterConfig::Database(database) => &database.url,
+            config::DeadLetterConfig::Topic(topic) => &topic.url,
+        }))
+        .map(ToString::to_string)
+        .collect();
+    for variable in variables {
+        writeln!(out, "#   {variable}")?;
+    }
+    write!(out, "{}", config::to_yaml(&relay)?)?;
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn run_relay(path: &std::path::Path) -> anyhow::Result<ExitCode> {

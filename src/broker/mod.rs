@@ -65,6 +65,13 @@ pub trait Publisher: Send + Sync {
         None
     }
 
+    /// Whether the client believes its connection is up. Clients that reconnect by themselves
+    /// (NATS) would otherwise hide an outage until a publish times out; this lets readiness
+    /// turn false within seconds.
+    fn connected(&self) -> bool {
+        true
+    }
+
     /// Closes connections cleanly (after the last confirm).
     async fn close(&self) {}
 }

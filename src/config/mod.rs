@@ -40,10 +40,25 @@ pub fn load<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ConfigErro
         path: display.clone(),
         source,
     })?;
-    let deserializer = serde_yaml_ng::Deserializer::from_str(&text);
-    serde_path_to_error::deserialize(deserializer).map_err(|error| ConfigError::Invalid {
+    from_yaml(&text).map_err(|(field, message)| ConfigError::Invalid {
         path: display,
-        field: error.path().to_string(),
-        message: error.into_inner().to_string(),
+        field,
+        message,
     })
+}
+
+/// Parses a config from YAML; on failure, the field and what is wrong with it.
+pub fn from_yaml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, (String, String)> {
+    // Through a JSON value, so that choices such as `url: {env: NAME}` are plain one-key maps
+    // in the file (YAML tags like `!env` are easy to get wrong by hand).
+    let value: serde_json::Value =
+        serde_yaml_ng::from_str(text).map_err(|error| (String::new(), error.to_string()))?;
+    serde_path_to_error::deserialize(value)
+        .map_err(|error| (error.path().to_string(), error.into_inner().to_string()))
+}
+
+/// Writes a config as YAML in the form `from_yaml` reads.
+pub fn to_yaml<T: serde::Serialize>(config: &T) -> Result<String, serde_yaml_ng::Error> {
+    let value = serde_json::to_value(config).map_err(<serde_yaml_ng::Error as serde::ser::Error>::custom)?;
+    serde_yaml_ng::to_string(&value)
 }

@@ -221,14 +221,28 @@ async fn listen(
     }
 }
 
-/// Refreshes the pending-row gauges every two seconds.
+/// Refreshes the pending-row gauges and the health flags every second.
 async fn watch_pending(shared: Arc<Shared>, stop: CancellationToken) {
+    let mut client_was_down = false;
     loop {
         match shared.store.pending().await {
-            Ok(stats) => shared.metrics.record_pending(stats, Utc::now()),
-            Err(error) => tracing::debug!(%error, "cannot count pending rows"),
+            Ok(stats) => {
+                shared.metrics.record_pending(stats, Utc::now());
+                shared.health.set_database(true);
+            }
+            Err(error) => {
+                shared.health.set_database(false);
+                tracing::debug!(%error, "cannot count pending rows");
+            }
         }
-        if !sleep_or_stop(Duration::from_secs(2), &stop).await {
+        // Only a change of the clients' own view is applied here; a failed publish (broker up
+        // but refusing) keeps readiness off until a batch succeeds.
+        let connected = shared.publishers.all_connected().await;
+        if connected == client_was_down {
+            shared.health.set_broker(connected);
+            client_was_down = !connected;
+        }
+        if !sleep_or_stop(Duration::from_secs(1), &stop).await {
             return;
         }
     }

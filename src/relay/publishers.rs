@@ -75,6 +75,16 @@ impl Publishers {
             .and_then(|publisher| publisher.max_message_bytes())
     }
 
+    /// False when any connected publisher reports its connection down.
+    pub async fn all_connected(&self) -> bool {
+        for (_, slot) in self.slots.values() {
+            if slot.lock().await.as_ref().is_some_and(|publisher| !publisher.connected()) {
+                return false;
+            }
+        }
+        true
+    }
+
     pub async fn close_all(&self) {
         for (_, slot) in self.slots.values() {
             if let Some(publisher) = slot.lock().await.take() {

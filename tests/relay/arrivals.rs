@@ -66,12 +66,16 @@ impl Reader {
         match self {
             Self::Redis { url, stream } => {
                 let client = redis::Client::open(url.as_str()).expect("redis url");
-                let mut connection = client.get_multiplexed_async_connection().await.expect("redis connect");
-                let reply: redis::streams::StreamRangeReply = connection.xrange_all(stream).await.expect("XRANGE");
-                reply
-                    .ids
-                    .into_iter()
-                    .map(|entry| {
+                let config = redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(30)));
+                let mut connection = client.get_multiplexed_async_connection_with_config(&config).await.expect("redis connect");
+                let mut arrived = Vec::new();
+                let mut start = "-".to_owned();
+                loop {
+                    let reply: redis::streams::StreamRangeReply = connection.xrange_count(stream, &start, "+", 1000).await.expect("XRANGE");
+                    let Some(last) = reply.ids.last().map(|entry| entry.id.clone()) else {
+                        break;
+                    };
+                    for entry in reply.ids {
                         let mut headers = Vec::new();
                         let mut body = Vec::new();
                         for (field, value) in entry.map {
@@ -82,9 +86,11 @@ impl Reader {
                                 headers.push((field, String::from_utf8_lossy(&bytes).into_owned()));
                             }
                         }
-                        arrival(headers, body)
-                    })
-                    .collect()
+                        arrived.push(arrival(headers, body));
+                    }
+                    start = format!("({last}");
+                }
+                arrived
             }
             Self::Sql { url, table, queue } => {
                 let sql = format!("SELECT headers, body FROM {table} WHERE queue = '{queue}' ORDER BY seq");
