@@ -21,6 +21,10 @@ use crate::{
     message::OutboxEvent,
 };
 
+/// How long a claim waits for a database connection. sqlx's default (30 s) would hide an
+/// outage from readiness for that long; a short wait turns it into a retried error.
+pub(crate) const ACQUIRE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// A database problem; the relay backs off and retries, nothing is lost.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

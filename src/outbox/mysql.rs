@@ -24,6 +24,7 @@ pub struct MySqlOutbox {
 impl MySqlOutbox {
     pub async fn connect(url: &str, table: &str) -> Result<Self, StoreError> {
         let pool = MySqlPoolOptions::new()
+            .acquire_timeout(super::ACQUIRE_TIMEOUT)
             .max_connections(8)
             .after_connect(|connection, _| {
                 Box::pin(async move {

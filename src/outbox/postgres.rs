@@ -26,7 +26,11 @@ const PENDING: &str = "published_at IS NULL AND failed_at IS NULL";
 
 impl PgOutbox {
     pub async fn connect(url: &str, table: &str) -> Result<Self, StoreError> {
-        let pool = PgPoolOptions::new().max_connections(8).connect(url).await?;
+        let pool = PgPoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(super::ACQUIRE_TIMEOUT)
+            .connect(url)
+            .await?;
         Ok(Self::with_pool(pool, url, table))
     }
 

@@ -36,6 +36,7 @@ pub async fn open_pool(url: &str) -> Result<SqlitePool, sqlx::Error> {
         .journal_mode(SqliteJournalMode::Wal)
         .busy_timeout(std::time::Duration::from_secs(10));
     SqlitePoolOptions::new()
+        .acquire_timeout(super::ACQUIRE_TIMEOUT)
         .max_connections(4)
         .connect_with(options)
         .await

@@ -19,9 +19,24 @@ async fn write_bad_rows(source: &Source) -> Vec<(String, String)> {
     let mut good = source.commit_orders(0, 5, 1).await;
     let big = format!("{{\"blob\": \"{}\"}}", "x".repeat(8 * 1024));
     let bad = [
-        ("00000000-0000-4000-8000-000000000001", "Order", "order.created", "{not json"),
-        ("00000000-0000-4000-8000-000000000002", "Invoice", "invoice.created", "{}"),
-        ("00000000-0000-4000-8000-000000000003", "Order", "order.created", big.as_str()),
+        (
+            "00000000-0000-4000-8000-000000000001",
+            "Order",
+            "order.created",
+            "{not json",
+        ),
+        (
+            "00000000-0000-4000-8000-000000000002",
+            "Invoice",
+            "invoice.created",
+            "{}",
+        ),
+        (
+            "00000000-0000-4000-8000-000000000003",
+            "Order",
+            "order.created",
+            big.as_str(),
+        ),
         ("not-a-uuid", "Order", "order.created", "{}"),
     ];
     for (id, aggregate_type, event_type, payload) in bad {
@@ -37,7 +52,8 @@ async fn write_bad_rows(source: &Source) -> Vec<(String, String)> {
 }
 
 fn config(source: &Source, dead_letter: Option<DeadLetterConfig>) -> ferry::config::RelayConfig {
-    let mut config = crate::harness::relay_config(source, sql_topic(&source.url, "ferry_queue", "orders"));
+    let mut config =
+        crate::harness::relay_config(source, sql_topic(&source.url, "ferry_queue", "orders"));
     config.routes = vec![RouteConfig {
         name: "orders".into(),
         aggregate_type: Some("Order".into()),
@@ -60,19 +76,32 @@ async fn malformed_unroutable_oversized_and_invalid_rows_are_dead_lettered_and_t
         table: "dead_letters".into(),
     });
     let relay = InProcessRelay::start(config(&source, Some(dead_letters))).await;
-    let reader = Reader::Sql { url: source.url.clone(), table: "ferry_queue".into(), queue: "orders".into() };
+    let reader = Reader::Sql {
+        url: source.url.clone(),
+        table: "ferry_queue".into(),
+        queue: "orders".into(),
+    };
     let arrived = reader.wait_for(good.len(), Duration::from_secs(30)).await;
     let result = check(&good, &arrived);
     assert_eq!((result.missing, result.duplicates), (0, 0), "{result:?}");
     assert!(result.out_of_order_keys.is_empty());
-    assert_eq!(arrived.len(), good.len(), "only the good rows are published");
+    assert_eq!(
+        arrived.len(),
+        good.len(),
+        "only the good rows are published"
+    );
 
     let status = wait_for_pending(&relay, 0).await;
     assert_eq!(status["deadLetteredTotal"], 4, "{status}");
-    let pool = ferry::outbox::sqlite::open_pool(&source.url).await.expect("pool");
+    let pool = ferry::outbox::sqlite::open_pool(&source.url)
+        .await
+        .expect("pool");
     let letters: Vec<(String, String, String, String)> =
         sqlx::query_as("SELECT message_id, error_category, last_error, origin FROM dead_letters ORDER BY message_id").fetch_all(&pool).await.expect("dead letters");
-    let categories: Vec<(&str, &str)> = letters.iter().map(|(id, category, _, _)| (id.as_str(), category.as_str())).collect();
+    let categories: Vec<(&str, &str)> = letters
+        .iter()
+        .map(|(id, category, _, _)| (id.as_str(), category.as_str()))
+        .collect();
     assert_eq!(
         categories,
         [
@@ -82,10 +111,28 @@ async fn malformed_unroutable_oversized_and_invalid_rows_are_dead_lettered_and_t
             ("not-a-uuid", "invalid_event"),
         ]
     );
-    assert!(letters[1].2.contains("no route matches aggregate type \"Invoice\""), "{letters:?}");
-    assert!(letters[2].2.contains("over the limit of 4096 bytes"), "{letters:?}");
-    assert!(letters.iter().all(|l| l.3 == format!("outboxsource/test/{}", source.table)));
-    let left: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {}", source.table))).fetch_one(&pool).await.expect("count");
+    assert!(
+        letters[1]
+            .2
+            .contains("no route matches aggregate type \"Invoice\""),
+        "{letters:?}"
+    );
+    assert!(
+        letters[2].2.contains("over the limit of 4096 bytes"),
+        "{letters:?}"
+    );
+    assert!(
+        letters
+            .iter()
+            .all(|l| l.3 == format!("outboxsource/test/{}", source.table))
+    );
+    let left: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT count(*) FROM {}",
+        source.table
+    )))
+    .fetch_one(&pool)
+    .await
+    .expect("count");
     assert_eq!(left, 0, "dead-lettered rows leave the outbox");
     relay.stop().await;
 }
@@ -95,17 +142,29 @@ async fn without_a_dead_letter_queue_bad_rows_stay_marked_failed_and_the_rest_fl
     let source = Source::new(DatabaseEngine::Sqlite).await;
     let good = write_bad_rows(&source).await;
     let relay = InProcessRelay::start(config(&source, None)).await;
-    let reader = Reader::Sql { url: source.url.clone(), table: "ferry_queue".into(), queue: "orders".into() };
+    let reader = Reader::Sql {
+        url: source.url.clone(),
+        table: "ferry_queue".into(),
+        queue: "orders".into(),
+    };
     let arrived = reader.wait_for(good.len(), Duration::from_secs(30)).await;
     assert_eq!(check(&good, &arrived).missing, 0);
     let status = wait_for_pending(&relay, 0).await;
     assert_eq!(status["failedRows"], 4, "{status}");
-    let pool = ferry::outbox::sqlite::open_pool(&source.url).await.expect("pool");
-    let failures: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT failure FROM {} WHERE failed_at IS NOT NULL ORDER BY seq", source.table)))
-        .fetch_all(&pool)
+    let pool = ferry::outbox::sqlite::open_pool(&source.url)
         .await
-        .expect("failed rows");
+        .expect("pool");
+    let failures: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT failure FROM {} WHERE failed_at IS NOT NULL ORDER BY seq",
+        source.table
+    )))
+    .fetch_all(&pool)
+    .await
+    .expect("failed rows");
     assert_eq!(failures.len(), 4);
-    assert!(failures[0].starts_with("payload is not valid JSON"), "{failures:?}");
+    assert!(
+        failures[0].starts_with("payload is not valid JSON"),
+        "{failures:?}"
+    );
     relay.stop().await;
 }

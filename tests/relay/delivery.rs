@@ -7,7 +7,10 @@ use ferry::api::DatabaseEngine;
 
 use crate::{
     arrivals::{Reader, check},
-    harness::{InProcessRelay, NATS, POSTGRES, RABBITMQ, REDIS, Source, nats_topic, rabbitmq_topic, redis_topic, relay_config, sql_topic},
+    harness::{
+        InProcessRelay, NATS, POSTGRES, RABBITMQ, REDIS, Source, nats_topic, rabbitmq_topic,
+        redis_topic, relay_config, sql_topic,
+    },
     support::unique_name,
 };
 
@@ -23,21 +26,42 @@ async fn deliver(source: Source, topic: ferry::config::TopicConfig, reader: Read
     committed.extend(source.commit_orders(ORDERS / 2, ORDERS / 2, KEYS).await);
     let arrived = reader.wait_for(ORDERS, DEADLINE).await;
     let result = check(&committed, &arrived);
-    assert_eq!(result.missing, 0, "{:?} lost messages: {result:?}", source.engine);
-    assert!(result.out_of_order_keys.is_empty(), "order per key broken: {result:?}");
-    assert_eq!(result.duplicates, 0, "no failure happened, so nothing may arrive twice: {result:?}");
+    assert_eq!(
+        result.missing, 0,
+        "{:?} lost messages: {result:?}",
+        source.engine
+    );
+    assert!(
+        result.out_of_order_keys.is_empty(),
+        "order per key broken: {result:?}"
+    );
+    assert_eq!(
+        result.duplicates, 0,
+        "no failure happened, so nothing may arrive twice: {result:?}"
+    );
     let sample = &arrived[0];
     assert_eq!(sample.header("ce-type"), Some("order.created"));
     assert_eq!(sample.header("ce-specversion"), Some("1.0"));
     assert_eq!(sample.header("content-type"), Some("application/json"));
-    assert_eq!(sample.header("traceparent"), Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"));
-    assert!(sample.header("ce-source").is_some_and(|s| s.starts_with("/namespaces/test/outboxsources/")));
-    let body: serde_json::Value = serde_json::from_slice(&sample.body).expect("body is the JSON payload");
+    assert_eq!(
+        sample.header("traceparent"),
+        Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
+    );
+    assert!(
+        sample
+            .header("ce-source")
+            .is_some_and(|s| s.starts_with("/namespaces/test/outboxsources/"))
+    );
+    let body: serde_json::Value =
+        serde_json::from_slice(&sample.body).expect("body is the JSON payload");
     assert!(body["order"].is_number());
 
     // Published rows are deleted, and the status says so.
     let status = wait_for_pending(&relay, 0).await;
-    assert_eq!(status["publishedTotal"].as_u64(), Some(committed.len() as u64 - ORDERS as u64 / 2 + ORDERS as u64 / 2));
+    assert_eq!(
+        status["publishedTotal"].as_u64(),
+        Some(committed.len() as u64 - ORDERS as u64 / 2 + ORDERS as u64 / 2)
+    );
     assert_eq!(status["databaseConnected"], true);
     assert_eq!(status["brokerConnected"], true);
     relay.stop().await;
@@ -48,7 +72,8 @@ pub async fn wait_for_pending(relay: &InProcessRelay, rows: i64) -> serde_json::
     let start = std::time::Instant::now();
     loop {
         let status = relay.status().await;
-        if status["pendingRows"].as_i64() == Some(rows) || start.elapsed() > Duration::from_secs(20) {
+        if status["pendingRows"].as_i64() == Some(rows) || start.elapsed() > Duration::from_secs(20)
+        {
             return status;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -59,41 +84,83 @@ pub async fn wait_for_pending(relay: &InProcessRelay, rows: i64) -> serde_json::
 async fn postgres_outbox_to_rabbitmq_delivers_every_row_in_key_order() {
     let exchange = unique_name("relay-rabbit");
     let reader = Reader::rabbitmq(RABBITMQ, &exchange).await;
-    deliver(Source::new(DatabaseEngine::Postgres).await, rabbitmq_topic(&exchange), reader).await;
+    deliver(
+        Source::new(DatabaseEngine::Postgres).await,
+        rabbitmq_topic(&exchange),
+        reader,
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn postgres_outbox_to_nats_jetstream_delivers_every_row_in_key_order() {
     let stream = unique_name("RELAY").replace('-', "_");
-    let reader = Reader::Nats { url: NATS.into(), stream: stream.clone() };
-    deliver(Source::new(DatabaseEngine::Postgres).await, nats_topic(NATS, &stream), reader).await;
+    let reader = Reader::Nats {
+        url: NATS.into(),
+        stream: stream.clone(),
+    };
+    deliver(
+        Source::new(DatabaseEngine::Postgres).await,
+        nats_topic(NATS, &stream),
+        reader,
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn postgres_outbox_to_redis_streams_delivers_every_row_in_key_order() {
     let stream = unique_name("relay-redis");
-    let reader = Reader::Redis { url: REDIS.into(), stream: stream.clone() };
-    deliver(Source::new(DatabaseEngine::Postgres).await, redis_topic(REDIS, &stream), reader).await;
+    let reader = Reader::Redis {
+        url: REDIS.into(),
+        stream: stream.clone(),
+    };
+    deliver(
+        Source::new(DatabaseEngine::Postgres).await,
+        redis_topic(REDIS, &stream),
+        reader,
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn postgres_outbox_to_sql_queue_delivers_every_row_in_key_order() {
     let table = format!("queue_{}", unique_name("q").replace('-', "_"));
-    let reader = Reader::Sql { url: POSTGRES.into(), table: table.clone(), queue: "orders".into() };
-    deliver(Source::new(DatabaseEngine::Postgres).await, sql_topic(POSTGRES, &table, "orders"), reader).await;
+    let reader = Reader::Sql {
+        url: POSTGRES.into(),
+        table: table.clone(),
+        queue: "orders".into(),
+    };
+    deliver(
+        Source::new(DatabaseEngine::Postgres).await,
+        sql_topic(POSTGRES, &table, "orders"),
+        reader,
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn mysql_outbox_delivers_every_row_in_key_order() {
     let stream = unique_name("relay-mysql");
-    let reader = Reader::Redis { url: REDIS.into(), stream: stream.clone() };
-    deliver(Source::new(DatabaseEngine::Mysql).await, redis_topic(REDIS, &stream), reader).await;
+    let reader = Reader::Redis {
+        url: REDIS.into(),
+        stream: stream.clone(),
+    };
+    deliver(
+        Source::new(DatabaseEngine::Mysql).await,
+        redis_topic(REDIS, &stream),
+        reader,
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn sqlite_outbox_to_sqlite_queue_delivers_every_row_in_key_order() {
     let source = Source::new(DatabaseEngine::Sqlite).await;
-    let reader = Reader::Sql { url: source.url.clone(), table: "ferry_queue".into(), queue: "orders".into() };
+    let reader = Reader::Sql {
+        url: source.url.clone(),
+        table: "ferry_queue".into(),
+        queue: "orders".into(),
+    };
     let topic = sql_topic(&source.url, "ferry_queue", "orders");
     deliver(source, topic, reader).await;
 }
@@ -102,7 +169,10 @@ async fn sqlite_outbox_to_sqlite_queue_delivers_every_row_in_key_order() {
 async fn two_relays_on_one_outbox_publish_each_row_once_in_key_order() {
     let source = Source::new(DatabaseEngine::Postgres).await;
     let stream = unique_name("relay-pair");
-    let reader = Reader::Redis { url: REDIS.into(), stream: stream.clone() };
+    let reader = Reader::Redis {
+        url: REDIS.into(),
+        stream: stream.clone(),
+    };
     let mut config = relay_config(&source, redis_topic(REDIS, &stream));
     config.capture.batch_size = 20;
     let first = InProcessRelay::start(config.clone()).await;
@@ -110,11 +180,24 @@ async fn two_relays_on_one_outbox_publish_each_row_once_in_key_order() {
     let committed = source.commit_orders(0, 600, 8).await;
     let arrived = reader.wait_for(600, DEADLINE).await;
     let result = check(&committed, &arrived);
-    assert_eq!(result, crate::arrivals::Check { missing: 0, duplicates: 0, out_of_order_keys: vec![] });
+    assert_eq!(
+        result,
+        crate::arrivals::Check {
+            missing: 0,
+            duplicates: 0,
+            out_of_order_keys: vec![]
+        }
+    );
     let (one, two) = (first.status().await, second.status().await);
-    let (one, two) = (one["publishedTotal"].as_u64().unwrap_or(0), two["publishedTotal"].as_u64().unwrap_or(0));
+    let (one, two) = (
+        one["publishedTotal"].as_u64().unwrap_or(0),
+        two["publishedTotal"].as_u64().unwrap_or(0),
+    );
     assert_eq!(one + two, 600, "each row published by exactly one relay");
-    assert!(one > 0 && two > 0, "both relays should share the work: {one} + {two}");
+    assert!(
+        one > 0 && two > 0,
+        "both relays should share the work: {one} + {two}"
+    );
     first.stop().await;
     second.stop().await;
 }

@@ -8,7 +8,11 @@ use ferry::{api::DatabaseEngine, config::RelayConfig};
 use crate::{
     arrivals::{Reader, check},
     harness::{InProcessRelay, REDIS, Source, http_get, nats_topic, redis_topic, relay_config},
-    support::{free_port, servers::PrivateNats, unique_name},
+    support::{
+        free_port,
+        servers::{PrivateNats, postgres::PrivatePostgres},
+        unique_name,
+    },
 };
 
 /// `ferry relay --config FILE` as a real child process.
@@ -20,7 +24,8 @@ struct ChildRelay {
 impl ChildRelay {
     async fn start(config: &RelayConfig, dir: &std::path::Path) -> Self {
         let path: PathBuf = dir.join(format!("relay-{}.yaml", unique_name("c")));
-        std::fs::write(&path, ferry::config::to_yaml(config).expect("config YAML")).expect("write config");
+        std::fs::write(&path, ferry::config::to_yaml(config).expect("config YAML"))
+            .expect("write config");
         let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
             .args(["relay", "--config"])
             .arg(&path)
@@ -28,7 +33,10 @@ impl ChildRelay {
             .kill_on_drop(true)
             .spawn()
             .expect("spawn ferry relay");
-        let relay = Self { child, address: config.http.listen };
+        let relay = Self {
+            child,
+            address: config.http.listen,
+        };
         relay.wait_until_serving().await;
         relay
     }
@@ -45,7 +53,10 @@ impl ChildRelay {
 
     async fn published(&self) -> u64 {
         let (_, body) = http_get(self.address, "/status").await;
-        serde_json::from_str::<serde_json::Value>(&body).ok().and_then(|s| s["publishedTotal"].as_u64()).unwrap_or(0)
+        serde_json::from_str::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|s| s["publishedTotal"].as_u64())
+            .unwrap_or(0)
     }
 }
 
@@ -57,7 +68,10 @@ fn child_config(source: &Source, topic: ferry::config::TopicConfig) -> RelayConf
 }
 
 /// Commits orders in the background until stopped; returns what committed, in commit order.
-fn steady_load(source: Arc<Source>, stop: tokio_util::sync::CancellationToken) -> tokio::task::JoinHandle<Vec<(String, String)>> {
+fn steady_load(
+    source: Arc<Source>,
+    stop: tokio_util::sync::CancellationToken,
+) -> tokio::task::JoinHandle<Vec<(String, String)>> {
     tokio::spawn(async move {
         let mut committed = Vec::new();
         let mut next = 100_000;
@@ -91,13 +105,21 @@ async fn a_relay_killed_mid_batch_loses_nothing_and_repeats_only_its_batch_in_fl
     load_stop.cancel();
     committed.extend(load.await.expect("load task"));
 
-    let reader = Reader::Redis { url: REDIS.into(), stream };
-    let arrived = reader.wait_for(committed.len(), Duration::from_secs(90)).await;
+    let reader = Reader::Redis {
+        url: REDIS.into(),
+        stream,
+    };
+    let arrived = reader
+        .wait_for(committed.len(), Duration::from_secs(90))
+        .await;
     let result = check(&committed, &arrived);
     assert_eq!(result.missing, 0, "{result:?}");
     assert!(result.out_of_order_keys.is_empty(), "{result:?}");
     let in_flight = (config.capture.batch_size * config.capture.workers) as usize;
-    assert!(result.duplicates <= in_flight, "at most the batches in flight may repeat: {result:?}");
+    assert!(
+        result.duplicates <= in_flight,
+        "at most the batches in flight may repeat: {result:?}"
+    );
     drop(restarted);
 }
 
@@ -113,15 +135,33 @@ async fn sigterm_finishes_the_batch_in_flight_and_exits_cleanly_without_duplicat
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let pid = relay.child.id().expect("pid");
-    std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().expect("send SIGTERM");
-    let status = tokio::time::timeout(Duration::from_secs(20), relay.child.wait()).await.expect("exits within 20s").expect("wait");
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("send SIGTERM");
+    let status = tokio::time::timeout(Duration::from_secs(20), relay.child.wait())
+        .await
+        .expect("exits within 20s")
+        .expect("wait");
     assert!(status.success(), "exit status after SIGTERM: {status}");
 
     let _restarted = ChildRelay::start(&config, dir.path()).await;
-    let reader = Reader::Redis { url: REDIS.into(), stream };
-    let arrived = reader.wait_for(committed.len(), Duration::from_secs(60)).await;
+    let reader = Reader::Redis {
+        url: REDIS.into(),
+        stream,
+    };
+    let arrived = reader
+        .wait_for(committed.len(), Duration::from_secs(60))
+        .await;
     let result = check(&committed, &arrived);
-    assert_eq!(result, crate::arrivals::Check { missing: 0, duplicates: 0, out_of_order_keys: vec![] });
+    assert_eq!(
+        result,
+        crate::arrivals::Check {
+            missing: 0,
+            duplicates: 0,
+            out_of_order_keys: vec![]
+        }
+    );
 }
 
 #[tokio::test]
@@ -151,16 +191,79 @@ async fn a_broker_restart_under_load_turns_readiness_off_then_everything_arrives
     load_stop.cancel();
     let committed = load.await.expect("load");
 
-    let reader = Reader::Nats { url: nats.url(), stream };
-    let arrived = reader.wait_for(committed.len(), Duration::from_secs(60)).await;
+    let reader = Reader::Nats {
+        url: nats.url(),
+        stream,
+    };
+    let arrived = reader
+        .wait_for(committed.len(), Duration::from_secs(60))
+        .await;
     let result = check(&committed, &arrived);
-    assert!(saw_unready, "readiness must turn false while the broker is down");
+    assert!(
+        saw_unready,
+        "readiness must turn false while the broker is down"
+    );
     assert_eq!(result.missing, 0, "{result:?}");
     assert!(result.out_of_order_keys.is_empty(), "{result:?}");
-    assert_eq!(result.duplicates, 0, "JetStream's duplicate window drops re-published batches: {result:?}");
+    assert_eq!(
+        result.duplicates, 0,
+        "JetStream's duplicate window drops re-published batches: {result:?}"
+    );
     let start = std::time::Instant::now();
     while http_get(relay.address, "/readyz").await.0 != 200 {
-        assert!(start.elapsed() < Duration::from_secs(20), "readiness must come back");
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "readiness must come back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn a_database_restart_turns_readiness_off_and_the_relay_resumes_by_itself() {
+    let mut postgres = PrivatePostgres::launch().await.expect("private postgres");
+    let source = Source::at(DatabaseEngine::Postgres, Some(postgres.url())).await;
+    let stream = unique_name("relay-dbdown");
+    let mut config = relay_config(&source, redis_topic(REDIS, &stream));
+    config.capture.batch_size = 50;
+    let relay = InProcessRelay::start(config).await;
+    let mut committed = source.commit_orders(0, 200, 10).await;
+
+    postgres.stop().await.expect("stop postgres");
+    let mut saw_unready = false;
+    for _ in 0..300 {
+        if http_get(relay.address, "/readyz").await.0 == 503 {
+            saw_unready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        saw_unready,
+        "readiness must turn false while the database is down"
+    );
+    let status = relay.status().await;
+    assert_eq!(status["lastError"]["category"], "database", "{status}");
+
+    postgres.start().await.expect("restart postgres");
+    committed.extend(source.commit_orders(200, 200, 10).await);
+    let reader = Reader::Redis {
+        url: REDIS.into(),
+        stream,
+    };
+    let arrived = reader
+        .wait_for(committed.len(), Duration::from_secs(60))
+        .await;
+    let result = check(&committed, &arrived);
+    assert_eq!(result.missing, 0, "{result:?}");
+    assert!(result.out_of_order_keys.is_empty(), "{result:?}");
+    let start = std::time::Instant::now();
+    while http_get(relay.address, "/readyz").await.0 != 200 {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "readiness must come back"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     relay.stop().await;

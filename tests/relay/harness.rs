@@ -11,8 +11,9 @@ use ferry::{
         retry_policy::{Jitter, RetryPolicySpec},
     },
     config::{
-        CaptureConfig, CleanupConfig, DatabaseConfig, DeadLetterConfig, HttpConfig, NatsTarget, RabbitMqTarget, RedisTarget, RelayConfig,
-        RouteConfig, SecretSource, SourceIdentity, SqlTarget, TopicConfig, TopicTarget,
+        CaptureConfig, CleanupConfig, DatabaseConfig, DeadLetterConfig, HttpConfig, NatsTarget,
+        RabbitMqTarget, RedisTarget, RelayConfig, RouteConfig, SecretSource, SourceIdentity,
+        SqlTarget, TopicConfig, TopicTarget,
     },
     outbox::producer::{NewEvent, enqueue},
     relay,
@@ -39,13 +40,21 @@ pub struct Source {
 
 impl Source {
     pub async fn new(engine: DatabaseEngine) -> Self {
+        Self::at(engine, None).await
+    }
+
+    /// A source on the server at `url` (a private instance) instead of the shared one.
+    pub async fn at(engine: DatabaseEngine, url: Option<String>) -> Self {
         let suffix = unique_name("t").replace('-', "_");
         let (url, dir) = match engine {
-            DatabaseEngine::Postgres => (POSTGRES.to_owned(), None),
+            DatabaseEngine::Postgres => (url.unwrap_or_else(|| POSTGRES.to_owned()), None),
             DatabaseEngine::Mysql => (MYSQL.to_owned(), None),
             DatabaseEngine::Sqlite => {
                 let dir = tempfile::tempdir().expect("temp dir");
-                (format!("sqlite://{}/shop.db", dir.path().display()), Some(dir))
+                (
+                    format!("sqlite://{}/shop.db", dir.path().display()),
+                    Some(dir),
+                )
             }
         };
         let source = Self {
@@ -55,7 +64,9 @@ impl Source {
             orders: format!("orders_{suffix}"),
             _dir: dir,
         };
-        ferry::outbox::migrate::migrate(engine, &source.url, &source.table).await.expect("migrate outbox");
+        ferry::outbox::migrate::migrate(engine, &source.url, &source.table)
+            .await
+            .expect("migrate outbox");
         source.execute(&format!("CREATE TABLE {} (id VARCHAR(64) PRIMARY KEY, customer VARCHAR(64) NOT NULL, n INTEGER NOT NULL)", source.orders)).await;
         source
     }
@@ -72,15 +83,21 @@ impl Source {
         let sql = sqlx::AssertSqlSafe(sql.to_owned());
         match self.engine {
             DatabaseEngine::Postgres => {
-                let mut c = sqlx::PgConnection::connect(&self.url).await.expect("connect");
+                let mut c = sqlx::PgConnection::connect(&self.url)
+                    .await
+                    .expect("connect");
                 sqlx::raw_sql(sql).execute(&mut c).await.expect("execute");
             }
             DatabaseEngine::Mysql => {
-                let mut c = sqlx::MySqlConnection::connect(&self.url).await.expect("connect");
+                let mut c = sqlx::MySqlConnection::connect(&self.url)
+                    .await
+                    .expect("connect");
                 sqlx::raw_sql(sql).execute(&mut c).await.expect("execute");
             }
             DatabaseEngine::Sqlite => {
-                let pool = ferry::outbox::sqlite::open_pool(&self.url).await.expect("pool");
+                let pool = ferry::outbox::sqlite::open_pool(&self.url)
+                    .await
+                    .expect("pool");
                 sqlx::raw_sql(sql).execute(&pool).await.expect("execute");
             }
         }
@@ -88,7 +105,12 @@ impl Source {
 
     /// Commits `count` orders, each in its own transaction with its outbox event, keys
     /// round-robin over `keys` customers. Returns (message id, key) in commit order.
-    pub async fn commit_orders(&self, first: usize, count: usize, keys: usize) -> Vec<(String, String)> {
+    pub async fn commit_orders(
+        &self,
+        first: usize,
+        count: usize,
+        keys: usize,
+    ) -> Vec<(String, String)> {
         let mut committed = Vec::with_capacity(count);
         macro_rules! each_order {
             ($pool:expr, $insert:expr) => {
@@ -114,7 +136,9 @@ impl Source {
                 each_order!(pool, "INSERT INTO {} (id, customer, n) VALUES (?, ?, ?)");
             }
             DatabaseEngine::Sqlite => {
-                let pool = ferry::outbox::sqlite::open_pool(&self.url).await.expect("pool");
+                let pool = ferry::outbox::sqlite::open_pool(&self.url)
+                    .await
+                    .expect("pool");
                 each_order!(pool, "INSERT INTO {} (id, customer, n) VALUES (?, ?, ?)");
             }
         }
@@ -235,7 +259,9 @@ pub struct InProcessRelay {
 impl InProcessRelay {
     pub async fn start(config: RelayConfig) -> Self {
         let stop = CancellationToken::new();
-        let running = relay::start(config, stop.clone()).await.expect("relay starts");
+        let running = relay::start(config, stop.clone())
+            .await
+            .expect("relay starts");
         Self {
             address: running.address,
             stop,
@@ -251,7 +277,9 @@ impl InProcessRelay {
     pub async fn stop(mut self) {
         self.stop.cancel();
         if let Some(running) = self.running.take() {
-            tokio::time::timeout(Duration::from_secs(30), running.wait()).await.expect("relay stops within 30s");
+            tokio::time::timeout(Duration::from_secs(30), running.wait())
+                .await
+                .expect("relay stops within 30s");
         }
     }
 }
@@ -271,11 +299,23 @@ pub async fn http_get_json(address: SocketAddr, path: &str) -> serde_json::Value
 
 pub async fn http_get(address: SocketAddr, path: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(address).await.expect("connect to endpoint");
-    stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: test\r\n\r\n").as_bytes()).await.expect("write");
+    let mut stream = tokio::net::TcpStream::connect(address)
+        .await
+        .expect("connect to endpoint");
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: test\r\n\r\n").as_bytes())
+        .await
+        .expect("write");
     let mut response = String::new();
     stream.read_to_string(&mut response).await.expect("read");
-    let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
     (status, body)
 }
