@@ -110,34 +110,28 @@ impl OutboxConnection for PgConnection {
     }
 }
 
-#[async_trait]
-impl OutboxConnection for MySqlConnection {
-    async fn insert_event(&mut self, table: &str, event: &NewEvent) -> Result<(), sqlx::Error> {
-        sqlx::query(trusted(format!("INSERT INTO {table} (id, aggregate_type, aggregate_id, event_type, payload, headers) VALUES (?, ?, ?, ?, ?, ?)")))
-            .bind(event.id.to_string())
-            .bind(&event.aggregate_type)
-            .bind(&event.aggregate_id)
-            .bind(&event.event_type)
-            .bind(&event.payload)
-            .bind(event.headers_json())
-            .execute(self)
-            .await?;
-        Ok(())
-    }
+/// MySQL and SQLite take the same statement with `?` placeholders and the id as text.
+macro_rules! question_mark_engine {
+    ($connection:ty) => {
+        #[async_trait]
+        impl OutboxConnection for $connection {
+            async fn insert_event(&mut self, table: &str, event: &NewEvent) -> Result<(), sqlx::Error> {
+                sqlx::query(trusted(format!(
+                    "INSERT INTO {table} (id, aggregate_type, aggregate_id, event_type, payload, headers) VALUES (?, ?, ?, ?, ?, ?)"
+                )))
+                .bind(event.id.to_string())
+                .bind(&event.aggregate_type)
+                .bind(&event.aggregate_id)
+                .bind(&event.event_type)
+                .bind(&event.payload)
+                .bind(event.headers_json())
+                .execute(self)
+                .await?;
+                Ok(())
+            }
+        }
+    };
 }
 
-#[async_trait]
-impl OutboxConnection for SqliteConnection {
-    async fn insert_event(&mut self, table: &str, event: &NewEvent) -> Result<(), sqlx::Error> {
-        sqlx::query(trusted(format!("INSERT INTO {table} (id, aggregate_type, aggregate_id, event_type, payload, headers) VALUES (?, ?, ?, ?, ?, ?)")))
-            .bind(event.id.to_string())
-            .bind(&event.aggregate_type)
-            .bind(&event.aggregate_id)
-            .bind(&event.event_type)
-            .bind(&event.payload)
-            .bind(event.headers_json())
-            .execute(self)
-            .await?;
-        Ok(())
-    }
-}
+question_mark_engine!(MySqlConnection);
+question_mark_engine!(SqliteConnection);

@@ -12,54 +12,20 @@ use super::Table;
 
 /// Writes one row per (key, n) in its own transaction, in the given order.
 async fn write(table: &Table, rows: &[(&str, i64)]) {
+    macro_rules! each_row {
+        ($pool:expr) => {
+            for (key, n) in rows {
+                let event = NewEvent::json("Order", key, "order.created", &serde_json::json!({"n": n})).expect("json");
+                let mut tx = $pool.begin().await.expect("begin");
+                enqueue(&mut *tx, &table.name, &event).await.expect("enqueue");
+                tx.commit().await.expect("commit");
+            }
+        };
+    }
     match table.engine {
-        DatabaseEngine::Postgres => {
-            let pool = sqlx::PgPool::connect(&table.url).await.expect("pool");
-            for (key, n) in rows {
-                let mut tx = pool.begin().await.expect("begin");
-                enqueue(
-                    &mut *tx,
-                    &table.name,
-                    &NewEvent::json("Order", key, "order.created", &serde_json::json!({"n": n}))
-                        .expect("json"),
-                )
-                .await
-                .expect("enqueue");
-                tx.commit().await.expect("commit");
-            }
-        }
-        DatabaseEngine::Mysql => {
-            let pool = sqlx::MySqlPool::connect(&table.url).await.expect("pool");
-            for (key, n) in rows {
-                let mut tx = pool.begin().await.expect("begin");
-                enqueue(
-                    &mut *tx,
-                    &table.name,
-                    &NewEvent::json("Order", key, "order.created", &serde_json::json!({"n": n}))
-                        .expect("json"),
-                )
-                .await
-                .expect("enqueue");
-                tx.commit().await.expect("commit");
-            }
-        }
-        DatabaseEngine::Sqlite => {
-            let pool = ferry::outbox::sqlite::open_pool(&table.url)
-                .await
-                .expect("pool");
-            for (key, n) in rows {
-                let mut tx = pool.begin().await.expect("begin");
-                enqueue(
-                    &mut *tx,
-                    &table.name,
-                    &NewEvent::json("Order", key, "order.created", &serde_json::json!({"n": n}))
-                        .expect("json"),
-                )
-                .await
-                .expect("enqueue");
-                tx.commit().await.expect("commit");
-            }
-        }
+        DatabaseEngine::Postgres => each_row!(sqlx::PgPool::connect(&table.url).await.expect("pool")),
+        DatabaseEngine::Mysql => each_row!(sqlx::MySqlPool::connect(&table.url).await.expect("pool")),
+        DatabaseEngine::Sqlite => each_row!(ferry::outbox::sqlite::open_pool(&table.url).await.expect("pool")),
     }
 }
 
