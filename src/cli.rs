@@ -165,7 +165,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => validate(&paths, &namespace, check_secrets),
         Command::Relay { config } => run_relay(&config).await,
         Command::Config {
-            command: ConfigCommand::Relay { paths, name, namespace },
+            command:
+                ConfigCommand::Relay {
+                    paths,
+                    name,
+                    namespace,
+                },
         } => render_relay_config(&paths, &name, &namespace),
         Command::Bench {
             command: BenchCommand::Relay(args),
@@ -194,19 +199,31 @@ fn render_relay_config(paths: &[PathBuf], name: &str, namespace: &str) -> anyhow
         }
         anyhow::bail!("the manifests have {} problems", admitted.problems.len());
     }
-    let relay = config::resolve_relay(&admitted.catalog, namespace, name, &config::secret_from_env).map_err(|errors| {
-        let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
-        anyhow::anyhow!("OutboxSource {namespace}/{name}: {}", lines.join("; "))
-    })?;
+    let relay = config::resolve_relay(&admitted.catalog, namespace, name, &config::secret_from_env)
+        .map_err(|errors| {
+            let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
+            anyhow::anyhow!("OutboxSource {namespace}/{name}: {}", lines.join("; "))
+        })?;
     let mut out = stdout().lock();
-    writeln!(out, "# Resolved by `ferry config relay` from the manifests; run with `ferry relay --config FILE`.")?;
-    writeln!(out, "# Connection URLs come from these environment variables:")?;
+    writeln!(
+        out,
+        "# Resolved by `ferry config relay` from the manifests; run with `ferry relay --config FILE`."
+    )?;
+    writeln!(
+        out,
+        "# Connection URLs come from these environment variables:"
+    )?;
     let variables: std::collections::BTreeSet<String> = std::iter::once(&relay.database.url)
         .chain(relay.topics.values().map(|topic| &topic.url))
-        .chain(relay.dead_letter.iter().map(|dead_letter| match dead_letter {
-            config::DeadLetterConfig::Database(database) => &database.url,
-            config::DeadLetterConfig::Topic(topic) => &topic.url,
-        }))
+        .chain(
+            relay
+                .dead_letter
+                .iter()
+                .map(|dead_letter| match dead_letter {
+                    config::DeadLetterConfig::Database(database) => &database.url,
+                    config::DeadLetterConfig::Topic(topic) => &topic.url,
+                }),
+        )
         .map(ToString::to_string)
         .collect();
     for variable in variables {

@@ -2,6 +2,7 @@
 //! retries and dead-letter queues) run by a Kubernetes operator or standalone.
 
 pub mod api;
+pub mod bench;
 pub mod broker;
 pub mod cli;
 pub mod config;

@@ -59,6 +59,7 @@ pub fn from_yaml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, (Strin
 
 /// Writes a config as YAML in the form `from_yaml` reads.
 pub fn to_yaml<T: serde::Serialize>(config: &T) -> Result<String, serde_yaml_ng::Error> {
-    let value = serde_json::to_value(config).map_err(<serde_yaml_ng::Error as serde::ser::Error>::custom)?;
+    let value = serde_json::to_value(config)
+        .map_err(<serde_yaml_ng::Error as serde::ser::Error>::custom)?;
     serde_yaml_ng::to_string(&value)
 }

@@ -78,7 +78,12 @@ impl Publishers {
     /// False when any connected publisher reports its connection down.
     pub async fn all_connected(&self) -> bool {
         for (_, slot) in self.slots.values() {
-            if slot.lock().await.as_ref().is_some_and(|publisher| !publisher.connected()) {
+            if slot
+                .lock()
+                .await
+                .as_ref()
+                .is_some_and(|publisher| !publisher.connected())
+            {
                 return false;
             }
         }

@@ -1,0 +1,160 @@
+//! `ferry bench`: relay throughput against the raw broker client as a ceiling, and end-to-end
+//! latency from COMMIT to a consumer, both against the real servers on this machine.
+//!
+//! Every run works on names of its own (outbox table, exchange and queue, stream, stream key)
+//! and removes them at the end, also after a failure, so runs can share the servers with tests.
+
+mod child;
+mod destination;
+mod latency;
+mod readers;
+mod relay;
+mod report;
+mod setup;
+mod stats;
+
+use std::process::ExitCode;
+
+use crate::{broker::BrokerError, message::Unpublishable};
+
+/// The database every benchmark uses unless told otherwise: the shared test server.
+const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/ferry_test";
+
+/// The broker a benchmark publishes to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum BrokerArg {
+    Rabbitmq,
+    Nats,
+    Redis,
+}
+
+impl BrokerArg {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Rabbitmq => "rabbitmq",
+            Self::Nats => "nats",
+            Self::Redis => "redis",
+        }
+    }
+
+    /// The local server of this broker.
+    pub fn default_url(self) -> &'static str {
+        match self {
+            Self::Rabbitmq => "amqp://guest:guest@127.0.0.1:5672/%2f",
+            Self::Nats => "nats://127.0.0.1:4222",
+            Self::Redis => "redis://127.0.0.1:6379",
+        }
+    }
+}
+
+/// `ferry bench relay`.
+#[derive(Debug, clap::Args)]
+pub struct RelayBenchArgs {
+    /// The broker to publish to.
+    #[arg(long, value_enum)]
+    pub broker: BrokerArg,
+    /// Rows pre-filled into the outbox, and messages the raw client publishes.
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub messages: u64,
+    /// Distinct ordering keys (aggregate ids), assigned round-robin.
+    #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub keys: u64,
+    /// Approximate size of each JSON payload.
+    #[arg(long, default_value_t = 256)]
+    pub payload_bytes: usize,
+    /// The PostgreSQL database holding the benchmark's outbox table.
+    #[arg(long, default_value = DEFAULT_DATABASE_URL)]
+    pub database_url: String,
+    /// The broker's URL [default: the local server of `--broker`].
+    #[arg(long)]
+    pub broker_url: Option<String>,
+    /// The relay's `capture.batchSize`.
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..))]
+    pub batch_size: u32,
+    /// The relay's `capture.workers`.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
+    pub workers: u32,
+    /// Leave the pre-filled table without planner statistics, as right after a bulk load,
+    /// instead of running ANALYZE as autovacuum would have on a long-lived outbox.
+    #[arg(long)]
+    pub skip_analyze: bool,
+}
+
+/// `ferry bench latency`.
+#[derive(Debug, clap::Args)]
+pub struct LatencyBenchArgs {
+    /// The broker to publish to.
+    #[arg(long, value_enum)]
+    pub broker: BrokerArg,
+    /// Orders committed per second, evenly spaced.
+    #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub rate: u32,
+    /// How long orders are committed.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pub seconds: u64,
+    /// Distinct ordering keys (customers), assigned round-robin.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
+    pub keys: u64,
+    /// Approximate size of each JSON payload.
+    #[arg(long, default_value_t = 256)]
+    pub payload_bytes: usize,
+    /// The PostgreSQL database holding the benchmark's outbox and orders tables.
+    #[arg(long, default_value = DEFAULT_DATABASE_URL)]
+    pub database_url: String,
+    /// The broker's URL [default: the local server of `--broker`].
+    #[arg(long)]
+    pub broker_url: Option<String>,
+    /// The relay's `capture.batchSize`.
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..))]
+    pub batch_size: u32,
+    /// The relay's `capture.workers`.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
+    pub workers: u32,
+}
+
+/// Why a benchmark could not produce a result (a missed target is not one of these).
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    #[error("rabbitmq: {0}")]
+    Rabbitmq(#[from] lapin::Error),
+    #[error("nats: {0}")]
+    Nats(String),
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("a benchmark row cannot become a message: {0}")]
+    Envelope(#[from] Unpublishable),
+    #[error("relay process: {0}")]
+    Relay(String),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Check(String),
+}
+
+impl BenchError {
+    fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Self {
+        let context = context.into();
+        move |source| Self::Io { context, source }
+    }
+
+    fn nats(error: impl std::fmt::Display) -> Self {
+        Self::Nats(error.to_string())
+    }
+}
+
+/// `ferry bench relay`: see `docs/benchmarks.md`.
+pub async fn relay_throughput(args: RelayBenchArgs) -> anyhow::Result<ExitCode> {
+    relay::run(args).await
+}
+
+/// `ferry bench latency`: see `docs/benchmarks.md`.
+pub async fn commit_to_consumer_latency(args: LatencyBenchArgs) -> anyhow::Result<ExitCode> {
+    latency::run(args).await
+}
