@@ -23,9 +23,17 @@ async fn write(table: &Table, rows: &[(&str, i64)]) {
         };
     }
     match table.engine {
-        DatabaseEngine::Postgres => each_row!(sqlx::PgPool::connect(&table.url).await.expect("pool")),
-        DatabaseEngine::Mysql => each_row!(sqlx::MySqlPool::connect(&table.url).await.expect("pool")),
-        DatabaseEngine::Sqlite => each_row!(ferry::outbox::sqlite::open_pool(&table.url).await.expect("pool")),
+        DatabaseEngine::Postgres => {
+            each_row!(sqlx::PgPool::connect(&table.url).await.expect("pool"))
+        }
+        DatabaseEngine::Mysql => {
+            each_row!(sqlx::MySqlPool::connect(&table.url).await.expect("pool"))
+        }
+        DatabaseEngine::Sqlite => each_row!(
+            ferry::outbox::sqlite::open_pool(&table.url)
+                .await
+                .expect("pool")
+        ),
     }
 }
 

@@ -66,11 +66,22 @@ async fn deliver(source: Source, topic: ferry::config::TopicConfig, reader: Read
     assert_eq!(status["brokerConnected"], true);
     let (code, metrics) = crate::harness::http_get(relay.address, "/metrics").await;
     assert_eq!(code, 200);
-    for name in ["ferry_relay_published_total{topic=", "ferry_relay_publish_latency_seconds_bucket", "ferry_relay_batch_size_count", "ferry_relay_pending_rows 0"] {
+    for name in [
+        "ferry_relay_published_total{topic=",
+        "ferry_relay_publish_latency_seconds_bucket",
+        "ferry_relay_batch_size_count",
+        "ferry_relay_pending_rows 0",
+    ] {
         assert!(metrics.contains(name), "/metrics lacks {name}:\n{metrics}");
     }
-    assert_eq!(crate::harness::http_get(relay.address, "/healthz").await.0, 200);
-    assert_eq!(crate::harness::http_get(relay.address, "/readyz").await.0, 200);
+    assert_eq!(
+        crate::harness::http_get(relay.address, "/healthz").await.0,
+        200
+    );
+    assert_eq!(
+        crate::harness::http_get(relay.address, "/readyz").await.0,
+        200
+    );
     relay.stop().await;
 }
 
