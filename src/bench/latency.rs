@@ -25,7 +25,7 @@ use super::{
     readers::{self, SharedArrivals},
     report::Latency,
     setup::{self, AGGREGATE_TYPE, BROKER_ENV, EVENT_TYPE, RelayShape, TRACEPARENT},
-    stats::{Summary, millis, rate},
+    stats::{RelayBreakdown, Summary, millis, rate},
 };
 use crate::outbox::{
     producer::{NewEvent, enqueue},
@@ -205,6 +205,13 @@ async fn measure(
     let (committed, producing) = produce(&producer, args.rate, args.seconds).await?;
     let drained = wait_for(&arrivals, &committed, DRAIN_TIMEOUT).await;
     let peak_rss_kib = relay.peak_rss_kib()?;
+    let breakdown = match relay.metrics().await {
+        Ok(text) => RelayBreakdown::from_metrics(&text),
+        Err(error) => {
+            tracing::warn!(%error, "cannot read the relay's metrics");
+            None
+        }
+    };
     stop_reader.cancel();
     match reader.await {
         Ok(Ok(())) => {}
@@ -248,6 +255,19 @@ async fn measure(
             "producer transaction (first INSERT to COMMIT returned): p50 {:.2} ms, p99 {:.2} ms",
             millis(t.p50),
             millis(t.p99)
+        );
+    }
+    if let Some(b) = breakdown {
+        let _ = writeln!(
+            details,
+            "relay: {:.0} batches of {:.1} rows on average (warm-up included); send-to-last-confirm {:.2} ms per batch on average",
+            b.batches,
+            b.mean_batch,
+            if b.batches > 0.0 {
+                1000.0 * b.publish_seconds / b.batches
+            } else {
+                0.0
+            }
         );
     }
     let _ = writeln!(

@@ -22,12 +22,23 @@ pub struct PgOutbox {
 }
 
 const COLUMNS: &str = "r.seq, r.id::text AS id, r.aggregate_type, r.aggregate_id, r.event_type, r.payload::text AS payload, r.headers::text AS headers, r.created_at";
+/// How many batches of pending rows a per-key claim looks at to find heads.
+const CLAIM_WINDOW_BATCHES: i64 = 4;
 const PENDING: &str = "published_at IS NULL AND failed_at IS NULL";
 
 impl PgOutbox {
     pub async fn connect(url: &str, table: &str) -> Result<Self, StoreError> {
         let pool = PgPoolOptions::new()
             .max_connections(8)
+            // JIT compiling the claim costs more than running it.
+            .after_connect(|connection, _| {
+                Box::pin(async move {
+                    sqlx::query("SET jit = off")
+                        .execute(&mut *connection)
+                        .await?;
+                    Ok(())
+                })
+            })
             .acquire_timeout(super::ACQUIRE_TIMEOUT)
             .connect(url)
             .await?;
@@ -40,15 +51,22 @@ impl PgOutbox {
         // Lock the oldest pending row of each key (its "head"); a key whose head another claim
         // holds is skipped, and a key's later rows are never heads while an earlier one is
         // pending, so no two claims ever hold rows of one key.
+        // Read the oldest pending rows (a window of a few batches, without locks); within it
+        // the first row of each key is that key's oldest pending row, its "head". Lock heads
+        // with SKIP LOCKED: a key whose head another claim holds is skipped, and a key's later
+        // rows are never heads while an earlier one is pending, so no two claims ever hold rows
+        // of one key. Then take the window's rows of the locked keys. The window keeps the cost
+        // proportional to the batch, not to the backlog.
         let claim_per_key = format!(
-            "WITH heads AS (
+            "WITH pending AS (
+                SELECT seq, aggregate_id FROM {q} WHERE {PENDING} ORDER BY seq LIMIT $2),
+             heads AS (
                 SELECT o.seq, o.aggregate_id FROM {q} o
-                WHERE o.{PENDING}
-                  AND NOT EXISTS (SELECT 1 FROM {q} e WHERE e.aggregate_id = o.aggregate_id AND e.seq < o.seq AND e.{PENDING})
+                WHERE o.seq IN (SELECT min(seq) FROM pending GROUP BY aggregate_id) AND o.{PENDING}
                 ORDER BY o.seq LIMIT $1
                 FOR UPDATE OF o SKIP LOCKED)
-             SELECT {COLUMNS} FROM {q} r
-             WHERE r.{PENDING} AND r.aggregate_id IN (SELECT aggregate_id FROM heads)
+             SELECT {COLUMNS} FROM {q} r JOIN pending p ON p.seq = r.seq
+             WHERE p.aggregate_id IN (SELECT aggregate_id FROM heads)
              ORDER BY r.seq LIMIT $1"
         );
         let claim_any = format!(
@@ -86,10 +104,11 @@ impl OutboxStore for PgOutbox {
             Ordering::PerKey => &self.claim_per_key,
             Ordering::None => &self.claim_any,
         };
-        let rows = sqlx::query(trusted(sql.as_str()))
-            .bind(i64::from(limit))
-            .fetch_all(&mut *tx)
-            .await?;
+        let mut query = sqlx::query(trusted(sql.as_str())).bind(i64::from(limit));
+        if ordering == Ordering::PerKey {
+            query = query.bind(i64::from(limit).saturating_mul(CLAIM_WINDOW_BATCHES));
+        }
+        let rows = query.fetch_all(&mut *tx).await?;
         let events = rows.iter().map(event_of).collect::<Result<Vec<_>, _>>()?;
         Ok(Box::new(PgClaim {
             tx,
@@ -180,6 +199,11 @@ impl Claim for PgClaim {
                 .execute(&mut *self.tx)
                 .await?;
         }
+        // Losing this commit in a database crash only means publishing the batch again (at
+        // least once), so it need not wait for the disk flush.
+        sqlx::query("SET LOCAL synchronous_commit = off")
+            .execute(&mut *self.tx)
+            .await?;
         self.tx.commit().await?;
         Ok(())
     }
