@@ -205,6 +205,8 @@ async fn encode(shared: &Shared, events: &[OutboxEvent]) -> (Groups, Vec<Refused
     let mut refused = Vec::new();
     let source = shared.config.source.cloud_event_source();
     let configured_limit = shared.config.capture.max_message_bytes as usize;
+    // Each topic's limit is looked up once per batch: the lookup locks the publisher's slot.
+    let mut limits: BTreeMap<String, usize> = BTreeMap::new();
     for (index, event) in events.iter().enumerate() {
         let encoded = match shared.router.route(event) {
             None => Err(Unpublishable::Unroutable {
@@ -217,11 +219,18 @@ async fn encode(shared: &Shared, events: &[OutboxEvent]) -> (Groups, Vec<Refused
         };
         let checked = match encoded {
             Ok((topic, envelope)) => {
-                let limit = shared
-                    .publishers
-                    .limit(&topic)
-                    .await
-                    .map_or(configured_limit, |broker| broker.min(configured_limit));
+                let limit = match limits.get(&topic) {
+                    Some(limit) => *limit,
+                    None => {
+                        let limit = shared
+                            .publishers
+                            .limit(&topic)
+                            .await
+                            .map_or(configured_limit, |broker| broker.min(configured_limit));
+                        limits.insert(topic.clone(), limit);
+                        limit
+                    }
+                };
                 if envelope.size() > limit {
                     Err(Unpublishable::TooLarge {
                         size: envelope.size(),

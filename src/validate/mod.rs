@@ -13,7 +13,7 @@ use std::fmt;
 use serde::de::DeserializeOwned;
 
 pub use references::{Catalog, ObjectId, SecretCheck, check_references};
-pub use spec::{SpecCheck, check_spec};
+pub use spec::{SpecCheck, check_spec, check_table_name};
 
 /// One problem with one field of one object.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -72,16 +72,6 @@ pub fn check_object_name(name: &str) -> Option<FieldError> {
             ),
         )),
     }
-}
-
-/// The API's rule for table names, for command-line arguments that bypass the API.
-pub fn check_table_name(table: &str) -> Option<String> {
-    let pattern = regex::Regex::new(crate::api::common::TABLE_NAME_PATTERN).ok()?;
-    (!pattern.is_match(table)).then(|| {
-        format!(
-            "{table:?} is not a table name (letters, digits and '_', optionally 'schema.table')"
-        )
-    })
 }
 
 /// Joins field path segments the way Kubernetes prints them.

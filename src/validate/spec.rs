@@ -127,6 +127,15 @@ fn connection(path: &FieldPath, connection: &Connection, errors: &mut Vec<FieldE
     );
 }
 
+/// The API's rule for table names, for command-line arguments that bypass the API.
+pub fn check_table_name(table: &str) -> Option<String> {
+    (!TABLE_NAME.is_match(table)).then(|| {
+        format!(
+            "{table:?} is not a table name (letters, digits and '_', optionally 'schema.table')"
+        )
+    })
+}
+
 fn table_name(path: &FieldPath, table: &str, errors: &mut Vec<FieldError>) {
     matches(
         path,
