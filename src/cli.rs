@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     api::DatabaseEngine, config, crd, manifest, outbox, relay, telemetry::LogFormat,
-    validate::SecretCheck,
+    validate::{self, FieldError, SecretCheck},
 };
 
 /// Reliable messaging pipelines: transactional outbox, relay, idempotent consumers, retries and
@@ -63,6 +63,13 @@ pub enum Command {
         #[arg(long, value_name = "FILE", env = "FERRY_CONFIG")]
         config: PathBuf,
     },
+    /// Run a consumer: deliver a topic's messages to a service over HTTP, idempotently, with
+    /// retries and a dead-letter queue.
+    Consumer {
+        /// The resolved consumer config (YAML), as the operator renders it into a ConfigMap.
+        #[arg(long, value_name = "FILE", env = "FERRY_CONFIG")]
+        config: PathBuf,
+    },
     /// Print the resolved config a workload runs with, as the operator renders it.
     Config {
         #[command(subcommand)]
@@ -89,6 +96,18 @@ pub enum ConfigCommand {
         #[arg(short = 'f', long = "filename", required = true, value_name = "PATH")]
         paths: Vec<PathBuf>,
         /// The OutboxSource's name.
+        name: String,
+        /// Its namespace (and the default for objects without one).
+        #[arg(short, long, default_value = "default")]
+        namespace: String,
+    },
+    /// The consumer config of a Consumer: `ferry consumer --config` reads it. Connection URLs
+    /// are read from environment variables named in the output, never written into it.
+    Consumer {
+        /// Files or folders with the Consumer and everything it references.
+        #[arg(short = 'f', long = "filename", required = true, value_name = "PATH")]
+        paths: Vec<PathBuf>,
+        /// The Consumer's name.
         name: String,
         /// Its namespace (and the default for objects without one).
         #[arg(short, long, default_value = "default")]
@@ -172,6 +191,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     namespace,
                 },
         } => render_relay_config(&paths, &name, &namespace),
+        Command::Config {
+            command:
+                ConfigCommand::Consumer {
+                    paths,
+                    name,
+                    namespace,
+                },
+        } => render_consumer_config(&paths, &name, &namespace),
+        Command::Consumer { config } => run_consumer(&config).await,
         Command::Bench {
             command: BenchCommand::Relay(args),
         } => crate::bench::relay_throughput(args).await,
@@ -190,7 +218,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn render_relay_config(paths: &[PathBuf], name: &str, namespace: &str) -> anyhow::Result<ExitCode> {
+/// The objects of the manifests at `paths`, or every problem with them.
+fn admitted_catalog(paths: &[PathBuf], namespace: &str) -> anyhow::Result<validate::Catalog> {
     let documents = manifest::load(paths)?;
     let admitted = manifest::admit(&documents, namespace, SecretCheck::Skip);
     if !admitted.is_valid() {
@@ -199,37 +228,81 @@ fn render_relay_config(paths: &[PathBuf], name: &str, namespace: &str) -> anyhow
         }
         anyhow::bail!("the manifests have {} problems", admitted.problems.len());
     }
-    let relay = config::resolve_relay(&admitted.catalog, namespace, name, &config::secret_from_env)
-        .map_err(|errors| {
-            let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
-            anyhow::anyhow!("OutboxSource {namespace}/{name}: {}", lines.join("; "))
-        })?;
+    Ok(admitted.catalog)
+}
+
+fn resolution_error(kind: &str, namespace: &str, name: &str, errors: &[FieldError]) -> anyhow::Error {
+    let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    anyhow::anyhow!("{kind} {namespace}/{name}: {}", lines.join("; "))
+}
+
+/// Prints a resolved config with a header naming the command that reads it and the
+/// environment variables its connection URLs come from.
+fn print_config<T: serde::Serialize>(
+    kind: &str,
+    urls: Vec<&config::SecretSource>,
+    config: &T,
+) -> anyhow::Result<ExitCode> {
     let mut out = stdout().lock();
     writeln!(
         out,
-        "# Resolved by `ferry config relay` from the manifests; run with `ferry relay --config FILE`."
+        "# Resolved by `ferry config {kind}` from the manifests; run with `ferry {kind} --config FILE`."
     )?;
     writeln!(
         out,
         "# Connection URLs come from these environment variables:"
     )?;
-    let variables: std::collections::BTreeSet<String> = std::iter::once(&relay.database.url)
-        .chain(relay.topics.values().map(|topic| &topic.url))
-        .chain(
-            relay
-                .dead_letter
-                .iter()
-                .map(|dead_letter| match dead_letter {
-                    config::DeadLetterConfig::Database(database) => &database.url,
-                    config::DeadLetterConfig::Topic(topic) => &topic.url,
-                }),
-        )
-        .map(ToString::to_string)
-        .collect();
+    let variables: std::collections::BTreeSet<String> =
+        urls.into_iter().map(ToString::to_string).collect();
     for variable in variables {
         writeln!(out, "#   {variable}")?;
     }
-    write!(out, "{}", config::to_yaml(&relay)?)?;
+    write!(out, "{}", config::to_yaml(config)?)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn dead_letter_url(dead_letter: &config::DeadLetterConfig) -> &config::SecretSource {
+    match dead_letter {
+        config::DeadLetterConfig::Database(database) => &database.url,
+        config::DeadLetterConfig::Topic(topic) => &topic.url,
+    }
+}
+
+fn render_relay_config(paths: &[PathBuf], name: &str, namespace: &str) -> anyhow::Result<ExitCode> {
+    let catalog = admitted_catalog(paths, namespace)?;
+    let relay = config::resolve_relay(&catalog, namespace, name, &config::secret_from_env)
+        .map_err(|errors| resolution_error("OutboxSource", namespace, name, &errors))?;
+    let urls = std::iter::once(&relay.database.url)
+        .chain(relay.topics.values().map(|topic| &topic.url))
+        .chain(relay.dead_letter.iter().map(dead_letter_url))
+        .collect();
+    print_config("relay", urls, &relay)
+}
+
+fn render_consumer_config(
+    paths: &[PathBuf],
+    name: &str,
+    namespace: &str,
+) -> anyhow::Result<ExitCode> {
+    let catalog = admitted_catalog(paths, namespace)?;
+    let consumer = config::resolve_consumer(&catalog, namespace, name, &config::secret_from_env)
+        .map_err(|errors| resolution_error("Consumer", namespace, name, &errors))?;
+    let urls = std::iter::once(&consumer.topic.url)
+        .chain(consumer.idempotency.iter().map(|store| match store {
+            config::IdempotencyConfig::Database { database, .. } => &database.url,
+            config::IdempotencyConfig::Redis { url, .. } => url,
+        }))
+        .chain(consumer.dead_letter.iter().map(dead_letter_url))
+        .collect();
+    print_config("consumer", urls, &consumer)
+}
+
+async fn run_consumer(path: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let config: config::ConsumerConfig = config::load(path)?;
+    let shutdown = CancellationToken::new();
+    let consumer = crate::consumer::start(config, shutdown.clone()).await?;
+    tokio::spawn(stop_on_signal(shutdown));
+    consumer.wait().await;
     Ok(ExitCode::SUCCESS)
 }
 

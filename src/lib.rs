@@ -6,6 +6,7 @@ pub mod bench;
 pub mod broker;
 pub mod cli;
 pub mod config;
+pub mod consumer;
 pub mod crd;
 pub mod dlq;
 pub mod manifest;

@@ -62,6 +62,25 @@ impl Backoff {
         delay
     }
 
+    /// The wait before retry number `retry` (1 = the first retry) of a message whose earlier
+    /// waits are not known here (they were spent at the broker, maybe by another replica): for
+    /// decorrelated jitter the previous wait is taken as the previous ceiling.
+    pub fn delay_for(&self, retry: u32) -> Duration {
+        let mut backoff = self.clone();
+        backoff.attempt = retry.saturating_sub(1);
+        backoff.previous = if retry > 1 {
+            self.ceiling(retry - 1)
+        } else {
+            Duration::ZERO
+        };
+        backoff.next_delay()
+    }
+
+    /// The longest wait this policy allows.
+    pub fn max(&self) -> Duration {
+        self.max
+    }
+
     /// Retries so far.
     pub fn attempts(&self) -> u32 {
         self.attempt
@@ -94,6 +113,18 @@ mod tests {
         let mut backoff = Backoff::new(&policy(Jitter::None));
         let delays: Vec<u128> = (0..6).map(|_| backoff.next_delay().as_millis()).collect();
         assert_eq!(delays, [100, 200, 400, 800, 1000, 1000]);
+    }
+
+    #[test]
+    fn delays_for_a_given_retry_follow_the_same_bounds() {
+        let backoff = Backoff::new(&policy(Jitter::None));
+        let delays: Vec<u128> = (1..=6).map(|retry| backoff.delay_for(retry).as_millis()).collect();
+        assert_eq!(delays, [100, 200, 400, 800, 1000, 1000]);
+        let equal = Backoff::new(&policy(Jitter::Equal));
+        for retry in 1..=10 {
+            let (delay, ceiling) = (equal.delay_for(retry), equal.ceiling(retry));
+            assert!(delay >= ceiling / 2 && delay <= ceiling, "{retry}: {delay:?}");
+        }
     }
 
     #[test]

@@ -104,3 +104,4 @@ pub mod nats;
 pub mod rabbitmq;
 pub mod redis;
 pub mod sql;
+pub mod subscriber;

@@ -18,6 +18,7 @@ use super::{BrokerError, Outcome, Publisher};
 use crate::{config::NatsTarget, message::Envelope};
 
 mod stream;
+pub mod subscriber;
 
 /// How long a batch may take, sends and acks together, and the bound of each API request.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(30);

@@ -399,6 +399,8 @@ fn lapin_error(topic: &str, error: &lapin::Error) -> BrokerError {
     }
 }
 
+pub mod subscriber;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -260,3 +260,5 @@ fn classify(topic: &str, error: &RedisError) -> BrokerError {
     }
     by_code(topic, error.code().unwrap_or_default(), error.to_string())
 }
+
+pub mod subscriber;

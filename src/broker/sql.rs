@@ -430,3 +430,5 @@ fn connection_code(engine: Engine, code: &str) -> bool {
             .is_ok_and(|code| matches!(code & 0xff, 10 | 14 | 26)),
     }
 }
+
+pub mod subscriber;

@@ -2,16 +2,18 @@
 //! followed, every default filled in, no secret values (only where to read them at run time).
 //! The operator renders it into a ConfigMap; standalone mode builds it in memory.
 
+mod consumer;
 mod relay;
 mod resolve;
 mod secret;
 mod topic;
 
+pub use consumer::{ConsumerConfig, ConsumerIdentity, IdempotencyConfig, SinkConfig};
 pub use relay::{
     CaptureConfig, CleanupConfig, DatabaseConfig, DeadLetterConfig, HttpConfig, RelayConfig,
     RouteConfig, SourceIdentity,
 };
-pub use resolve::{env_var_for, resolve_relay, secret_from_env};
+pub use resolve::{env_var_for, resolve_consumer, resolve_relay, secret_from_env};
 pub use secret::{SecretError, SecretSource};
 pub use topic::{NatsTarget, RabbitMqTarget, RedisTarget, SqlTarget, TopicConfig, TopicTarget};
 

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 use super::{
+    consumer::{ConsumerConfig, ConsumerIdentity, IdempotencyConfig, SinkConfig},
     relay::{
         CaptureConfig, CleanupConfig, DatabaseConfig, DeadLetterConfig, HttpConfig, RelayConfig,
         RouteConfig, SourceIdentity,
@@ -12,7 +13,8 @@ use super::{
 };
 use crate::{
     api::{
-        BrokerKind, BrokerTopic, DatabaseEngine, Duration, SecretKeyRef,
+        BrokerKind, BrokerTopic, DatabaseEngine, Duration, ObjectRef, SecretKeyRef,
+        consumer::DEFAULT_IDEMPOTENCY_TABLE,
         broker_topic::{DEFAULT_KEY_TEMPLATE, ExchangeType, NatsStorage, RabbitMqTopic, SqlTopic},
         dead_letter_queue::DEFAULT_DEAD_LETTER_TABLE,
         outbox_source::CleanupMode,
@@ -80,6 +82,63 @@ impl Resolver<'_> {
     }
 }
 
+impl Resolver<'_> {
+    /// The policy `reference` names, or the defaults when there is none.
+    fn retry_policy(&mut self, path: &FieldPath, reference: Option<&ObjectRef>) -> RetryPolicySpec {
+        let Some(reference) = reference else {
+            return RetryPolicySpec::default();
+        };
+        match self
+            .catalog
+            .retry_policies
+            .get(&(self.namespace.to_owned(), reference.name.clone()))
+        {
+            Some(policy) => policy.spec.clone(),
+            None => {
+                self.errors.push(
+                    path.child("retryPolicyRef")
+                        .child("name")
+                        .error(format!("RetryPolicy {:?} not found", reference.name)),
+                );
+                RetryPolicySpec::default()
+            }
+        }
+    }
+
+    /// The store of the DeadLetterQueue `reference` names.
+    fn dead_letter(
+        &mut self,
+        path: &FieldPath,
+        reference: Option<&ObjectRef>,
+    ) -> Option<DeadLetterConfig> {
+        let reference = reference?;
+        let dlq_path = path.child("deadLetterQueueRef").child("name");
+        let Some(queue) = self
+            .catalog
+            .dead_letter_queues
+            .get(&(self.namespace.to_owned(), reference.name.clone()))
+        else {
+            self.errors
+                .push(dlq_path.error(format!("DeadLetterQueue {:?} not found", reference.name)));
+            return None;
+        };
+        match (&queue.spec.store.database, &queue.spec.store.topic_ref) {
+            (Some(database), _) => Some(DeadLetterConfig::Database(DatabaseConfig {
+                engine: database.engine,
+                url: (self.secret)(&database.connection.secret_ref),
+                table: database
+                    .table
+                    .clone()
+                    .unwrap_or_else(|| DEFAULT_DEAD_LETTER_TABLE.to_owned()),
+            })),
+            (None, Some(topic)) => self
+                .topic(&dlq_path, &topic.name)
+                .map(DeadLetterConfig::Topic),
+            (None, None) => None,
+        }
+    }
+}
+
 /// The relay config of the OutboxSource `namespace/name`, resolved against `catalog`.
 pub fn resolve_relay(
     catalog: &Catalog,
@@ -123,50 +182,8 @@ pub fn resolve_relay(
         });
     }
 
-    let retry = match &spec.retry_policy_ref {
-        None => RetryPolicySpec::default(),
-        Some(reference) => match catalog
-            .retry_policies
-            .get(&(namespace.to_owned(), reference.name.clone()))
-        {
-            Some(policy) => policy.spec.clone(),
-            None => {
-                resolver.errors.push(
-                    path.child("retryPolicyRef")
-                        .child("name")
-                        .error(format!("RetryPolicy {:?} not found", reference.name)),
-                );
-                RetryPolicySpec::default()
-            }
-        },
-    };
-
-    let dead_letter = spec.dead_letter_queue_ref.as_ref().and_then(|reference| {
-        let dlq_path = path.child("deadLetterQueueRef").child("name");
-        let Some(queue) = catalog
-            .dead_letter_queues
-            .get(&(namespace.to_owned(), reference.name.clone()))
-        else {
-            resolver
-                .errors
-                .push(dlq_path.error(format!("DeadLetterQueue {:?} not found", reference.name)));
-            return None;
-        };
-        match (&queue.spec.store.database, &queue.spec.store.topic_ref) {
-            (Some(database), _) => Some(DeadLetterConfig::Database(DatabaseConfig {
-                engine: database.engine,
-                url: secret(&database.connection.secret_ref),
-                table: database
-                    .table
-                    .clone()
-                    .unwrap_or_else(|| DEFAULT_DEAD_LETTER_TABLE.to_owned()),
-            })),
-            (None, Some(topic)) => resolver
-                .topic(&dlq_path, &topic.name)
-                .map(DeadLetterConfig::Topic),
-            (None, None) => None,
-        }
-    });
+    let retry = resolver.retry_policy(&path, spec.retry_policy_ref.as_ref());
+    let dead_letter = resolver.dead_letter(&path, spec.dead_letter_queue_ref.as_ref());
 
     if !resolver.errors.is_empty() {
         return Err(resolver.errors);
@@ -202,6 +219,82 @@ pub fn resolve_relay(
         },
         routes,
         topics,
+        retry,
+        dead_letter,
+        http: HttpConfig::default(),
+    })
+}
+
+/// The consumer config of the Consumer `namespace/name`, resolved against `catalog`.
+pub fn resolve_consumer(
+    catalog: &Catalog,
+    namespace: &str,
+    name: &str,
+    secret: &dyn Fn(&SecretKeyRef) -> SecretSource,
+) -> Result<ConsumerConfig, Vec<FieldError>> {
+    let key = (namespace.to_owned(), name.to_owned());
+    let consumer = catalog.consumers.get(&key).ok_or_else(|| {
+        vec![FieldError::new(
+            "",
+            format!("Consumer {namespace}/{name} not found"),
+        )]
+    })?;
+    let spec = &consumer.spec;
+    let path = FieldPath::root("spec");
+    let mut resolver = Resolver {
+        catalog,
+        namespace,
+        secret,
+        errors: Vec::new(),
+    };
+    let topic = resolver.topic(
+        &path.child("topicRef").child("name"),
+        &spec.topic_ref.name,
+    );
+    let retry = resolver.retry_policy(&path, spec.retry_policy_ref.as_ref());
+    let dead_letter = resolver.dead_letter(&path, spec.dead_letter_queue_ref.as_ref());
+    let idempotency = spec.idempotency.as_ref().and_then(|idempotency| {
+        match (&idempotency.database, &idempotency.redis) {
+            (Some(database), _) => Some(IdempotencyConfig::Database {
+                database: DatabaseConfig {
+                    engine: database.engine,
+                    url: secret(&database.connection.secret_ref),
+                    table: database
+                        .table
+                        .clone()
+                        .unwrap_or_else(|| DEFAULT_IDEMPOTENCY_TABLE.to_owned()),
+                },
+                window: idempotency.window,
+            }),
+            (None, Some(redis)) => Some(IdempotencyConfig::Redis {
+                url: secret(&redis.connection.secret_ref),
+                key_prefix: redis.key_prefix.clone(),
+                window: idempotency.window,
+            }),
+            (None, None) => None,
+        }
+    });
+    let (Some(topic), true) = (topic, resolver.errors.is_empty()) else {
+        return Err(resolver.errors);
+    };
+    Ok(ConsumerConfig {
+        consumer: ConsumerIdentity {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        },
+        topic,
+        event_types: spec
+            .filter
+            .as_ref()
+            .map(|filter| filter.event_types.clone())
+            .unwrap_or_default(),
+        sink: SinkConfig {
+            url: spec.sink.url.clone(),
+            timeout: spec.sink.timeout.unwrap_or(retry.attempt_timeout),
+        },
+        concurrency: spec.concurrency.max(1) as u32,
+        ordering: spec.ordering,
+        idempotency,
         retry,
         dead_letter,
         http: HttpConfig::default(),

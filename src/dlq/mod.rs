@@ -1,8 +1,18 @@
 //! Dead letters: messages that could not be delivered (or rows that could not be published),
 //! kept with everything a person needs to decide what to do with them.
 
+pub mod command;
+mod db;
+pub mod discard;
+pub mod error;
+pub mod history;
+pub mod query;
+pub mod record;
+pub mod render;
+pub mod replay;
 pub mod table;
 pub mod topic;
+pub mod when;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};

@@ -5,34 +5,46 @@
 //! `discard` changes it (recorded with `resolved_at` and `resolved_by`), and retention removes
 //! resolved rows only.
 
+use std::time::Duration;
+
 use async_trait::async_trait;
-use sqlx::{MySqlPool, PgPool, SqlitePool};
+use chrono::Utc;
 
-use super::{DeadLetter, DeadLetterError, DeadLetterStore};
-use crate::{
-    api::DatabaseEngine,
-    config::DatabaseConfig,
-    outbox::{schema::TableName, sqlite::sqlite_time, trusted},
+use super::{
+    DeadLetter, DeadLetterError, DeadLetterStore,
+    db::{Db, Sql, Value},
+    history::{self, Action, Change},
+    record::Status,
 };
+use crate::{api::DatabaseEngine, config::DatabaseConfig, outbox::schema::TableName};
 
-/// Statements that create the dead-letter table; each is idempotent.
+/// Statements that create the dead-letter table and its history table; each is idempotent.
 pub fn dead_letter_ddl(engine: DatabaseEngine, table: &str) -> Vec<String> {
     let t = TableName::new(table);
     let (q, bare) = (&t.qualified, &t.bare);
-    let (seq, time, blob, text) = match engine {
+    let (seq, time, blob, text, options) = match engine {
         DatabaseEngine::Postgres => (
             "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY",
             "TIMESTAMPTZ",
             "BYTEA",
             "TEXT",
+            "",
         ),
         DatabaseEngine::Mysql => (
             "BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY",
             "TIMESTAMP(6) NULL",
             "LONGBLOB",
             "LONGTEXT",
+            // Errors and headers are any Unicode; the server's default charset may not be.
+            " ENGINE=InnoDB DEFAULT CHARSET=utf8mb4",
         ),
-        DatabaseEngine::Sqlite => ("INTEGER PRIMARY KEY AUTOINCREMENT", "TEXT", "BLOB", "TEXT"),
+        DatabaseEngine::Sqlite => (
+            "INTEGER PRIMARY KEY AUTOINCREMENT",
+            "TEXT",
+            "BLOB",
+            "TEXT",
+            "",
+        ),
     };
     let mut statements = vec![format!(
         "CREATE TABLE IF NOT EXISTS {q} (
@@ -52,11 +64,15 @@ pub fn dead_letter_ddl(engine: DatabaseEngine, table: &str) -> Vec<String> {
     fingerprint     VARCHAR(32) NOT NULL,
     status          VARCHAR(16) NOT NULL DEFAULT 'waiting',
     replay_count    INTEGER NOT NULL DEFAULT 0,
+    requested_at    {time},
+    requested_by    VARCHAR(255),
+    replay_request  VARCHAR(64),
+    lease_until     {time},
     resolved_at     {time},
     resolved_by     VARCHAR(255),
     note            {text},
     UNIQUE (origin, message_id)
-)"
+){options}"
     )];
     let index = |name: &str, columns: &str| match engine {
         DatabaseEngine::Mysql => format!("CREATE INDEX {bare}_{name} ON {q} ({columns})"),
@@ -64,62 +80,155 @@ pub fn dead_letter_ddl(engine: DatabaseEngine, table: &str) -> Vec<String> {
     };
     statements.push(index("status", "status, last_failed_at"));
     statements.push(index("fingerprint", "fingerprint, status"));
+    // What a consumer looks for when it takes replay requests.
+    statements.push(index("origin", "origin, status"));
+    // What `ferry dlq replay` watches while it waits.
+    statements.push(index("request", "replay_request"));
+    statements.extend(history::history_ddl(engine, table));
     statements
 }
 
-enum Pool {
-    Postgres(PgPool),
-    Mysql(MySqlPool),
-    Sqlite(SqlitePool),
-}
+/// How long a consumer holds the dead letters it took for replay before another may take them:
+/// long enough for a delivery with its retries, short enough that a crashed consumer's letters
+/// do not wait long.
+pub const DEFAULT_REPLAY_LEASE: Duration = Duration::from_secs(15 * 60);
+
+/// The most of an error a history line keeps.
+const NOTE_ERROR_CHARS: usize = 200;
 
 pub struct TableStore {
-    pool: Pool,
+    db: Db,
     table: String,
+    replay_lease: Duration,
 }
 
 impl TableStore {
-    /// Connects and creates the table when it is missing.
+    /// Connects and creates the tables when they are missing (what workloads do).
     pub async fn connect(config: &DatabaseConfig) -> Result<Self, DeadLetterError> {
         let url = config.url.read()?;
-        let pool = match config.engine {
-            DatabaseEngine::Postgres => Pool::Postgres(PgPool::connect(&url).await?),
-            DatabaseEngine::Mysql => Pool::Mysql(MySqlPool::connect(&url).await?),
-            DatabaseEngine::Sqlite => Pool::Sqlite(crate::outbox::sqlite::open_pool(&url).await?),
-        };
         let store = Self {
-            pool,
+            db: Db::connect(config.engine, &url, true).await?,
             table: config.table.clone(),
+            replay_lease: DEFAULT_REPLAY_LEASE,
         };
-        store.migrate(config.engine).await?;
+        store.migrate().await?;
         Ok(store)
     }
 
-    async fn migrate(&self, engine: DatabaseEngine) -> Result<(), DeadLetterError> {
-        for statement in dead_letter_ddl(engine, &self.table) {
-            let result = match &self.pool {
-                Pool::Postgres(pool) => sqlx::raw_sql(trusted(statement))
-                    .execute(pool)
-                    .await
-                    .map(|_| ()),
-                Pool::Sqlite(pool) => sqlx::raw_sql(trusted(statement))
-                    .execute(pool)
-                    .await
-                    .map(|_| ()),
-                Pool::Mysql(pool) => match sqlx::raw_sql(trusted(statement)).execute(pool).await {
-                    // MySQL has no CREATE INDEX IF NOT EXISTS: an existing index is fine.
-                    Err(sqlx::Error::Database(error))
-                        if error.code().as_deref() == Some("42000")
-                            && error.message().contains("Duplicate key name") =>
-                    {
-                        Ok(())
-                    }
-                    other => other.map(|_| ()),
-                },
-            };
-            result?;
+    /// Connects to tables that must already exist (what `ferry dlq` does: pointed at the wrong
+    /// database, it says so instead of creating an empty table there).
+    pub async fn connect_existing(
+        engine: DatabaseEngine,
+        url: &str,
+        table: &str,
+    ) -> Result<Self, DeadLetterError> {
+        Ok(Self {
+            db: Db::connect(engine, url, false).await?,
+            table: table.to_owned(),
+            replay_lease: DEFAULT_REPLAY_LEASE,
+        })
+    }
+
+    /// Sets how long a consumer holds the letters it takes for replay.
+    pub fn with_replay_lease(mut self, lease: Duration) -> Self {
+        self.replay_lease = lease;
+        self
+    }
+
+    pub fn engine(&self) -> DatabaseEngine {
+        self.db.engine()
+    }
+
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    pub(crate) fn db(&self) -> &Db {
+        &self.db
+    }
+
+    pub(crate) fn replay_lease(&self) -> Duration {
+        self.replay_lease
+    }
+
+    /// Whether the dead-letter table and its history table are there.
+    pub async fn tables_exist(&self) -> Result<bool, DeadLetterError> {
+        for table in [self.table.clone(), history::history_table(&self.table)] {
+            let mut probe = self.db.sql();
+            probe
+                .push("SELECT 1 FROM ")
+                .push(&table)
+                .push(" WHERE 1 = 0");
+            match self.db.fetch_all(&probe).await {
+                Ok(_) => {}
+                Err(sqlx::Error::Database(_)) => return Ok(false),
+                Err(other) => return Err(other.into()),
+            }
+        }
+        Ok(true)
+    }
+
+    /// Creates the tables when they are missing.
+    pub async fn migrate(&self) -> Result<(), DeadLetterError> {
+        for statement in dead_letter_ddl(self.db.engine(), &self.table) {
+            match self.db.execute_raw(statement).await {
+                // MySQL has no CREATE INDEX IF NOT EXISTS: an existing index is fine.
+                Err(sqlx::Error::Database(error))
+                    if self.db.engine() == DatabaseEngine::Mysql
+                        && error.message().contains("Duplicate key name") => {}
+                other => other?,
+            }
         }
         Ok(())
+    }
+
+    fn upsert(&self, letter: &DeadLetter) -> Sql {
+        let mut sql = self.db.sql();
+        sql.push("INSERT INTO ")
+            .push(&self.table)
+            .push(" (")
+            .push(COLUMNS)
+            .push(") VALUES (");
+        let values: [Value; 13] = [
+            letter.origin.as_str().into(),
+            letter.message_id.as_str().into(),
+            letter.event_type.as_str().into(),
+            letter.message_key.as_str().into(),
+            serde_json::to_string(&letter.headers)
+                .unwrap_or_else(|_| "[]".to_owned())
+                .into(),
+            Value::Bytes(letter.body.clone()),
+            Value::OptInt32(Some(letter.attempts)),
+            letter.first_failed_at.into(),
+            letter.last_failed_at.into(),
+            letter.last_error.as_str().into(),
+            letter.error_category.as_str().into(),
+            Value::OptInt32(letter.http_status),
+            letter.fingerprint.as_str().into(),
+        ];
+        for (position, value) in values.into_iter().enumerate() {
+            if position > 0 {
+                sql.push(", ");
+            }
+            sql.bind(value);
+        }
+        let (conflict, new_value): (&str, fn(&str) -> String) = match self.db.engine() {
+            DatabaseEngine::Mysql => (") ON DUPLICATE KEY UPDATE ", |c| format!("VALUES({c})")),
+            _ => (") ON CONFLICT (origin, message_id) DO UPDATE SET ", |c| {
+                format!("excluded.{c}")
+            }),
+        };
+        let assignments = UPDATED
+            .iter()
+            .map(|c| format!("{c} = {}", new_value(c)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        // Back to waiting for a decision; the replay count and the request that led here stay,
+        // they are the letter's lineage.
+        sql.push(conflict).push(&assignments).push(
+            ", status = 'waiting', lease_until = NULL, resolved_at = NULL, resolved_by = NULL, note = NULL",
+        );
+        sql
     }
 }
 
@@ -134,77 +243,68 @@ const UPDATED: [&str; 6] = [
     "fingerprint",
 ];
 
-fn upsert_sql(engine: DatabaseEngine, table: &str) -> String {
-    let assignments = |value: fn(&str) -> String| {
-        UPDATED
-            .iter()
-            .map(|c| format!("{c} = {}", value(c)))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    match engine {
-        DatabaseEngine::Postgres => format!(
-            "INSERT INTO {table} ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
-             ON CONFLICT (origin, message_id) DO UPDATE SET {}, status = 'waiting'",
-            assignments(|c| format!("excluded.{c}"))
-        ),
-        DatabaseEngine::Mysql => format!(
-            "INSERT INTO {table} ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-             ON DUPLICATE KEY UPDATE {}, status = 'waiting'",
-            assignments(|c| format!("VALUES({c})"))
-        ),
-        DatabaseEngine::Sqlite => format!(
-            "INSERT INTO {table} ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-             ON CONFLICT (origin, message_id) DO UPDATE SET {}, status = 'waiting'",
-            assignments(|c| format!("excluded.{c}"))
-        ),
+/// The first line of an error, bounded, for a history note.
+fn excerpt(error: &str) -> String {
+    let line = error.lines().next().unwrap_or_default();
+    if line.chars().count() > NOTE_ERROR_CHARS {
+        line.chars().take(NOTE_ERROR_CHARS).collect::<String>() + "…"
+    } else {
+        line.to_owned()
     }
-}
-
-/// Binds a letter's fields in `COLUMNS` order; `$time` converts times for the engine.
-macro_rules! bind_letter {
-    ($query:expr, $letter:expr, $time:expr) => {
-        $query
-            .bind(&$letter.origin)
-            .bind(&$letter.message_id)
-            .bind(&$letter.event_type)
-            .bind(&$letter.message_key)
-            .bind(serde_json::to_string(&$letter.headers).unwrap_or_else(|_| "[]".to_owned()))
-            .bind(&$letter.body)
-            .bind($letter.attempts)
-            .bind($time($letter.first_failed_at))
-            .bind($time($letter.last_failed_at))
-            .bind(&$letter.last_error)
-            .bind(&$letter.error_category)
-            .bind($letter.http_status)
-            .bind(&$letter.fingerprint)
-    };
 }
 
 #[async_trait]
 impl DeadLetterStore for TableStore {
     async fn put(&self, letter: &DeadLetter) -> Result<(), DeadLetterError> {
-        let same = |time| time;
-        match &self.pool {
-            Pool::Postgres(pool) => {
-                let sql = upsert_sql(DatabaseEngine::Postgres, &self.table);
-                bind_letter!(sqlx::query(trusted(sql)), letter, same)
-                    .execute(pool)
-                    .await?;
-            }
-            Pool::Mysql(pool) => {
-                let sql = upsert_sql(DatabaseEngine::Mysql, &self.table);
-                bind_letter!(sqlx::query(trusted(sql)), letter, same)
-                    .execute(pool)
-                    .await?;
-            }
-            Pool::Sqlite(pool) => {
-                let sql = upsert_sql(DatabaseEngine::Sqlite, &self.table);
-                bind_letter!(sqlx::query(trusted(sql)), letter, sqlite_time)
-                    .execute(pool)
-                    .await?;
-            }
+        let mut tx = self.db.begin().await?;
+        let mut find = self.db.sql();
+        find.push("SELECT seq, status FROM ")
+            .push(&self.table)
+            .push(" WHERE origin = ")
+            .bind(letter.origin.as_str())
+            .push(" AND message_id = ")
+            .bind(letter.message_id.as_str());
+        let mut before_find = find.clone();
+        // Locking a row that does not exist yet takes a gap lock on MySQL, and two consumers
+        // storing new letters side by side would then deadlock; a plain read there only risks
+        // naming the history line wrongly when a person acts on this very letter meanwhile.
+        if self.db.engine() == DatabaseEngine::Postgres {
+            before_find.for_update();
         }
+        let before = match tx.fetch_all(&before_find).await?.first() {
+            Some(row) => Some((row.int("seq")?, row.text("status")?.parse::<Status>().ok())),
+            None => None,
+        };
+        tx.execute(&self.upsert(letter)).await?;
+        let seq = match before {
+            Some((seq, _)) => seq,
+            None => match tx.fetch_all(&find).await?.first() {
+                Some(row) => row.int("seq")?,
+                None => return Err(sqlx::Error::RowNotFound.into()),
+            },
+        };
+        let error = excerpt(&letter.last_error);
+        let line = match before.map(|(_, status)| status) {
+            None => Some((Action::DeadLettered, error)),
+            // Stored again before anyone looked (a retry after a crash): nothing new to tell.
+            Some(Some(Status::Waiting)) => None,
+            Some(Some(Status::Replaying)) => Some((Action::FailedAgain, error)),
+            Some(Some(status)) => Some((
+                Action::DeadLettered,
+                format!("again, after it was {status}: {error}"),
+            )),
+            Some(None) => Some((Action::DeadLettered, error)),
+        };
+        if let Some((action, note)) = line {
+            let change = Change {
+                action,
+                at: Utc::now(),
+                actor: &letter.origin,
+                note: Some(&note),
+            };
+            history::record(&mut tx, &self.table, &[seq], change).await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 }

@@ -1,0 +1,44 @@
+//! The consumer against the real brokers and PostgreSQL on this machine, delivering to a real
+//! HTTP sink that fails on purpose.
+
+mod delivery;
+mod harness;
+mod sink;
+#[path = "../support/mod.rs"]
+mod support;
+
+macro_rules! per_broker {
+    ($($module:ident => $broker:expr),* $(,)?) => {$(
+        mod $module {
+            use crate::{delivery, harness::Broker};
+            const BROKER: Broker = $broker;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn flaky_sink_gets_every_effect_once() {
+                delivery::flaky_sink_gets_every_effect_once(BROKER).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn poison_is_dead_lettered_after_max_attempts() {
+                delivery::poison_is_dead_lettered_after_max_attempts(BROKER).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn per_key_order_holds_through_failures() {
+                delivery::per_key_order_holds_through_failures(BROKER).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn retry_waits_follow_the_policy() {
+                delivery::retry_waits_follow_the_policy(BROKER).await;
+            }
+        }
+    )*};
+}
+
+per_broker! {
+    rabbitmq => Broker::Rabbitmq,
+    nats => Broker::Nats,
+    redis => Broker::Redis,
+    sql => Broker::SqlPostgres,
+}
