@@ -80,6 +80,11 @@ pub enum Command {
         #[command(subcommand)]
         command: BenchCommand,
     },
+    /// Inspect, replay and discard dead letters in a dead-letter table.
+    Dlq {
+        #[command(subcommand)]
+        command: crate::dlq::command::DlqCommand,
+    },
     /// Manage the outbox table.
     Outbox {
         #[command(subcommand)]
@@ -122,6 +127,9 @@ pub enum BenchCommand {
     Relay(crate::bench::RelayBenchArgs),
     /// End-to-end latency from COMMIT to a broker consumer receiving the message, at a fixed rate.
     Latency(crate::bench::LatencyBenchArgs),
+    /// Consumer throughput delivering a backlog to a sink with idempotency on, against the raw
+    /// client reading and acknowledging the same messages; also the consumer's peak memory.
+    Consumer(crate::bench::ConsumerBenchArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -200,12 +208,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 },
         } => render_consumer_config(&paths, &name, &namespace),
         Command::Consumer { config } => run_consumer(&config).await,
+        Command::Dlq { command } => crate::dlq::command::run(command).await,
         Command::Bench {
             command: BenchCommand::Relay(args),
         } => crate::bench::relay_throughput(args).await,
         Command::Bench {
             command: BenchCommand::Latency(args),
         } => crate::bench::commit_to_consumer_latency(args).await,
+        Command::Bench {
+            command: BenchCommand::Consumer(args),
+        } => crate::bench::consumer_throughput(args).await,
         Command::Outbox {
             command:
                 OutboxCommand::Migrate {

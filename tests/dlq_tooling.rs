@@ -7,7 +7,6 @@ mod support;
 use std::{panic::AssertUnwindSafe, time::Duration};
 
 use chrono::{DateTime, TimeDelta, Utc};
-use clap::Parser;
 use futures::FutureExt;
 use sqlx::{Connection as _, Executor as _};
 
@@ -16,7 +15,6 @@ use ferry::{
     config::{DatabaseConfig, SecretSource},
     dlq::{
         DeadLetter, DeadLetterStore,
-        command::{DlqCommand, EXIT_TIMED_OUT, run_to},
         discard::{Purged, discard, purge},
         error::DlqError,
         history::{Action, history_table},
@@ -27,6 +25,10 @@ use ferry::{
     },
 };
 use support::{TempDir, unique_name};
+
+/// The command line, on SQLite: the commands share the library paths tested here.
+#[path = "dlq_tooling/command.rs"]
+mod command;
 
 const POSTGRES: &str = "postgres://postgres@127.0.0.1:5432/ferry_test";
 const MYSQL_SERVER: &str = "mysql://root@127.0.0.1:3306";
@@ -190,6 +192,7 @@ on_every_engine!(
     replay_request_take_and_mark_replayed_settle_with_counts_and_history,
     a_replay_that_fails_again_waits_again_keeping_its_replay_count,
     an_expired_lease_makes_letters_takeable_again,
+    consumers_of_one_origin_side_by_side_take_different_letters,
     replay_refuses_letters_of_an_outbox_relay_and_names_them,
     purge_deletes_only_old_resolved_letters_never_waiting_ones,
 );
@@ -763,6 +766,63 @@ async fn an_expired_lease_makes_letters_takeable_again(f: &Fixture) {
     assert_eq!(f.get(seq).await.replay_count, 1);
 }
 
+async fn consumers_of_one_origin_side_by_side_take_different_letters(f: &Fixture) {
+    let mut seqs = Vec::new();
+    for number in 0..12 {
+        let id = format!("s{number}");
+        seqs.push(
+            f.put(&letter(INVENTORY, &id, "order.created", "HTTP 500", number))
+                .await,
+        );
+    }
+    let request = replay::request(
+        &f.store,
+        &select(|s| s.origin = Some(INVENTORY.into())),
+        "bob",
+        None,
+    )
+    .await
+    .expect("request");
+    assert_eq!(request.letters, 12);
+    let (second, third) = (
+        f.store_with_lease(Duration::from_secs(600)).await,
+        f.store_with_lease(Duration::from_secs(600)).await,
+    );
+    // Side by side, each takes different letters; a taker may find every letter held by
+    // another for a moment (MySQL locks all the rows it sorts) and takes them on a later round.
+    let mut taken = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while taken.len() < seqs.len() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "taken so far: {taken:?}"
+        );
+        let (a, b, c) = tokio::join!(
+            f.store.take_replay_requests(INVENTORY, 5),
+            second.take_replay_requests(INVENTORY, 5),
+            third.take_replay_requests(INVENTORY, 5),
+        );
+        let before = taken.len();
+        for letters in [a, b, c] {
+            taken.extend(letters.expect("take").iter().map(|letter| letter.seq));
+        }
+        if taken.len() == before {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    taken.sort_unstable();
+    assert_eq!(taken, seqs, "every letter taken once");
+    assert_eq!(
+        replay::progress(&f.store, &request.id)
+            .await
+            .expect("progress"),
+        ReplayProgress {
+            replaying: 12,
+            ..ReplayProgress::default()
+        }
+    );
+}
+
 async fn replay_refuses_letters_of_an_outbox_relay_and_names_them(f: &Fixture) {
     let relay = f
         .put(&letter(
@@ -861,228 +921,5 @@ async fn purge_deletes_only_old_resolved_letters_never_waiting_ones(f: &Fixture)
     assert_eq!(
         (last.action, last.actor.as_str(), last.note.as_deref()),
         (Action::Purged, "ops", Some("it had been discarded"))
-    );
-}
-
-// ---- The command line, on SQLite: the commands share the library paths tested above. ----
-
-#[derive(Parser)]
-struct Cli {
-    #[command(subcommand)]
-    command: DlqCommand,
-}
-
-fn parse<S: AsRef<str>>(args: &[S]) -> Result<DlqCommand, clap::Error> {
-    Cli::try_parse_from(std::iter::once("dlq").chain(args.iter().map(AsRef::as_ref)))
-        .map(|cli| cli.command)
-}
-
-async fn run<S: AsRef<str>>(args: &[S]) -> (Result<std::process::ExitCode, String>, String) {
-    let command = parse(args).unwrap_or_else(|error| panic!("{error}"));
-    let mut out = Vec::new();
-    let result = run_to(command, &mut out)
-        .await
-        .map_err(|error| format!("{error:#}"));
-    eprintln!("=== {:?}\n{}{:?}", args.iter().map(AsRef::as_ref).collect::<Vec<&str>>(), String::from_utf8_lossy(&out), result);
-    (result, String::from_utf8_lossy(&out).into_owned())
-}
-
-#[tokio::test]
-async fn command_lists_shows_groups_and_discards() {
-    on(DatabaseEngine::Sqlite, async |f: &Fixture| {
-        let s = fill(f).await;
-        let connection = ["--url", f.url.as_str(), "--table", f.table.as_str()];
-        let with = |extra: &[&str]| -> Vec<String> {
-            let mut args = vec![extra[0].to_owned()];
-            args.extend(connection.iter().map(|arg| arg.to_string()));
-            args.extend(extra[1..].iter().map(|arg| arg.to_string()));
-            args
-        };
-
-        let (result, text) = run(&with(&["list", "--origin", BILLING])).await;
-        assert!(result.is_ok(), "{result:?}");
-        assert!(text.starts_with("SEQ  ORIGIN"), "{text}");
-        assert_eq!(text.lines().count(), 6, "{text}");
-        assert!(text.contains("HTTP 422: bad \"iban\""), "{text}");
-
-        let (result, text) = run(&with(&["list", "-o", "json", "--event-type", "order.*"])).await;
-        assert!(result.is_ok(), "{result:?}");
-        let json: serde_json::Value = serde_json::from_str(&text).expect("json");
-        let ids: Vec<&str> = json
-            .as_array()
-            .expect("array")
-            .iter()
-            .filter_map(|letter| letter["message_id"].as_str())
-            .collect();
-        assert_eq!(ids, ["a1", "a2", "a3", "b1"]);
-
-        let (result, text) = run(&with(&["show", "a2"])).await;
-        assert!(result.is_ok(), "{result:?}");
-        for expected in [
-            "Dead letter",
-            "HTTP 500: order \"o-2\" failed",
-            "x-tenant: acme ✓",
-            "\"note\": \"ünïcödé\"",
-            "dead_lettered",
-        ] {
-            assert!(text.contains(expected), "{expected:?} in {text}");
-        }
-        let seq = s[1].to_string();
-        let (result, text) = run(&with(&["show", &seq, "-o", "json"])).await;
-        assert!(result.is_ok(), "{result:?}");
-        let json: serde_json::Value = serde_json::from_str(&text).expect("json");
-        assert_eq!(json["message_id"], "a2");
-        assert_eq!(json["body"]["order"], "a2");
-        assert_eq!(json["history"][0]["action"], "dead_lettered");
-
-        let (result, _) = run(&with(&["show", "nope"])).await;
-        let message = result.err().unwrap_or_default();
-        assert!(
-            message.contains("no dead letter has seq or message id \"nope\""),
-            "{message}"
-        );
-
-        let (result, text) = run(&with(&["stats"])).await;
-        assert!(result.is_ok(), "{result:?}");
-        assert!(text.contains("8 dead letters in 7 groups"), "{text}");
-
-        let (result, _) = run(&with(&["discard"])).await;
-        let message = result.err().unwrap_or_default();
-        assert!(
-            message.contains("discard needs an explicit selection"),
-            "{message}"
-        );
-        let (result, text) = run(&with(&[
-            "discard", "--id", "a1", "--by", "dana", "--note", "dup",
-        ]))
-        .await;
-        assert!(result.is_ok(), "{result:?}");
-        assert_eq!(text.trim(), "Discarded 1 dead letters.");
-        let (result, text) = run(&with(&["purge", "--older-than", "30d"])).await;
-        assert!(result.is_ok(), "{result:?}");
-        assert!(text.starts_with("Purged 0 dead letters"), "{text}");
-    })
-    .await;
-}
-
-#[tokio::test]
-async fn command_replay_refuses_outbox_letters_and_times_out_without_a_consumer() {
-    on(DatabaseEngine::Sqlite, async |f: &Fixture| {
-        f.put(&letter(
-            "outboxsource/shop/orders",
-            "r1",
-            "order.created",
-            "unroutable",
-            0,
-        ))
-        .await;
-        f.put(&letter(INVENTORY, "k1", "order.created", "HTTP 500", 1))
-            .await;
-        let base = [
-            "replay",
-            "--url",
-            f.url.as_str(),
-            "--table",
-            f.table.as_str(),
-        ];
-        let args = |extra: &[&'static str]| [&base[..], extra].concat();
-
-        let (result, _) = run(&args(&["--all"])).await;
-        let message = result.err().unwrap_or_default();
-        assert!(
-            message.contains("replay refused") && message.contains("outboxsource/shop/orders: 1"),
-            "{message}"
-        );
-        let (result, text) = run(&args(&["--origin", INVENTORY, "--timeout", "1s"])).await;
-        assert_eq!(
-            result,
-            Ok(std::process::ExitCode::from(EXIT_TIMED_OUT)),
-            "{text}"
-        );
-        assert!(
-            text.contains("Timed out with 1 dead letters not delivered yet"),
-            "{text}"
-        );
-        let (result, text) = run(&args(&[
-            "--origin",
-            INVENTORY,
-            "--status",
-            "replay_requested",
-            "--no-wait",
-        ]))
-        .await;
-        assert!(result.is_ok(), "{result:?}");
-        assert_eq!(
-            text.trim(),
-            "No dead letters match; nothing to replay.",
-            "already requested"
-        );
-    })
-    .await;
-}
-
-#[tokio::test]
-async fn command_rejects_bad_values_naming_the_flag() {
-    let url = "sqlite:/nonexistent/dir/dlq.db";
-    for (args, flag) in [
-        (
-            vec!["list", "--url", url, "--since", "yesterday"],
-            "--since",
-        ),
-        (vec!["list", "--url", url, "--until", "2h ago"], "--until"),
-        (
-            vec!["list", "--url", url, "--fingerprint", "xyz"],
-            "--fingerprint",
-        ),
-        (vec!["list", "--url", url, "--table", "bad-name"], "--table"),
-        (vec!["list", "--url", url, "--limit", "0"], "--limit"),
-        (
-            vec!["list", "--url", url, "--status", "pending"],
-            "--status",
-        ),
-        (vec!["list", "--url", url, "--origin", ""], "--origin"),
-        (
-            vec!["purge", "--url", url, "--older-than", "30"],
-            "--older-than",
-        ),
-        (
-            vec!["replay", "--url", url, "--all", "--timeout", "soon"],
-            "--timeout",
-        ),
-    ] {
-        let error = parse(&args)
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
-        assert!(error.contains(flag), "{args:?}: {error}");
-    }
-    let (result, _) = run(&["list", "--url", "http://user:secret@host/db"]).await;
-    let message = result.err().unwrap_or_default();
-    assert!(
-        message.contains("--url") && !message.contains("secret"),
-        "{message}"
-    );
-    let (result, _) = run(&["list", "--url", url, "--since", "2h", "--until", "3h"]).await;
-    let message = result.err().unwrap_or_default();
-    assert!(
-        message.contains("--since") && message.contains("--until"),
-        "{message}"
-    );
-    let (result, _) = run(&["stats", "--url", url]).await;
-    assert!(result.is_err(), "a missing SQLite file is not created");
-}
-
-#[tokio::test]
-async fn command_on_a_database_without_the_table_says_so() {
-    let dir = TempDir::new("dlq_missing").expect("temp dir");
-    let url = format!("sqlite:{}", dir.path().join("other.db").display());
-    ferry::outbox::sqlite::open_pool(&url)
-        .await
-        .expect("an empty database");
-    let (result, _) = run(&["list", "--url", &url, "--table", "nowhere"]).await;
-    let message = result.err().unwrap_or_default();
-    assert!(
-        message.contains("no dead-letter table \"nowhere\"") && message.contains("--table"),
-        "{message}"
     );
 }

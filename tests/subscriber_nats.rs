@@ -142,6 +142,27 @@ async fn receive_count(subscriber: &NatsSubscriber, count: usize) -> Vec<Deliver
     received
 }
 
+/// Receives and acknowledges until `count` messages came, or fails at the deadline; returns
+/// their ids in the order they came.
+async fn receive_and_ack(subscriber: &NatsSubscriber, count: usize) -> Vec<String> {
+    let deadline = Instant::now() + DEADLINE;
+    let mut ids = Vec::with_capacity(count);
+    while ids.len() < count {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {count} messages arrived before the deadline",
+            ids.len()
+        );
+        let batch = subscriber
+            .receive(count - ids.len(), POLL)
+            .await
+            .expect("receive");
+        ack_all(subscriber, &batch).await;
+        ids.extend(batch.into_iter().map(|delivery| delivery.id));
+    }
+    ids
+}
+
 /// Receives the next message, or fails at the deadline.
 async fn receive_one(subscriber: &NatsSubscriber) -> Delivery {
     receive_count(subscriber, 1).await.remove(0)
@@ -245,14 +266,12 @@ async fn messages_of_one_key_arrive_in_publish_order_across_many_pulls() {
 async fn a_member_holds_no_more_than_its_prefetch_unsettled() {
     let scene = Scene::new().await;
     scene.publish(30, 3).await;
-    let gr = group();
     let subscriber = scene
         .subscribe(SubscriptionConfig {
             prefetch: 10,
-            ..settings(&gr)
+            ..settings(&group())
         })
         .await;
-    let subscriber_name = durable_name(&gr);
 
     let held = receive_count(&subscriber, 10).await;
     assert_nothing_more(&subscriber).await;
@@ -267,16 +286,7 @@ async fn a_member_holds_no_more_than_its_prefetch_unsettled() {
     ack_all(&subscriber, &held[2..]).await;
     ack_all(&subscriber, &next).await;
     subscriber.ack(&held[1]).await.expect("ack");
-    let mut got = 0;
-    for _ in 0..20 {
-        let b = subscriber.receive(18, POLL).await.expect("r");
-        got += b.len();
-        ack_all(&subscriber, &b).await;
-        let info = scene.jetstream.get_stream(&scene.target.stream).await.unwrap().consumer_info(&subscriber_name).await.unwrap();
-        eprintln!("got {got} pending {} ack_pending {} waiting {} delivered {:?}", info.num_pending, info.num_ack_pending, info.num_waiting, info.delivered);
-    }
-    let rest = receive_count(&subscriber, 18).await;
-    ack_all(&subscriber, &rest).await;
+    assert_eq!(receive_and_ack(&subscriber, 18).await.len(), 18);
     assert_eq!(subscriber.lag().await.expect("lag").messages, 0);
     subscriber.close().await;
     scene.clean_up().await;
@@ -594,5 +604,82 @@ async fn provision_brings_the_settings_ferry_owns_up_to_date() {
     // The consumer kept its state: the acknowledged message does not come again.
     assert_nothing_more(&second).await;
     second.close().await;
+    scene.clean_up().await;
+}
+
+/// Messages the throughput comparison moves.
+const BENCH_MESSAGES: usize = 20_000;
+
+/// The subscriber against the raw client on one stream: a pull consumer's `messages()` with a
+/// fire-and-forget ack per message is the ceiling; the subscriber receives in batches and acks
+/// each message with a confirmed (double) ack, all of a batch at once. Run by hand on a quiet
+/// machine: `cargo test --test subscriber_nats -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a throughput measurement, too noisy for a loaded CI machine"]
+async fn consume_and_ack_rate_is_at_least_half_the_raw_clients() {
+    use futures::StreamExt;
+
+    let scene = Scene::new().await;
+    let publisher = NatsPublisher::connect(TOPIC, URL, &scene.target, true)
+        .await
+        .expect("connect the publisher");
+    for chunk in sample_envelopes(BENCH_MESSAGES, 100).chunks(1_000) {
+        let batch: Vec<Envelope> = chunk
+            .iter()
+            .cloned()
+            .map(|mut envelope| {
+                envelope.routing_key = scene.subject.clone();
+                envelope
+            })
+            .collect();
+        publisher.publish(&batch).await.expect("publish");
+    }
+    publisher.close().await;
+
+    let started = Instant::now();
+    let consumer = scene
+        .jetstream
+        .get_stream(&scene.target.stream)
+        .await
+        .expect("the stream")
+        .create_consumer(pull::Config {
+            durable_name: Some("raw".into()),
+            ack_policy: AckPolicy::Explicit,
+            ..Default::default()
+        })
+        .await
+        .expect("a raw consumer");
+    let mut messages = consumer.messages().await.expect("messages");
+    for _ in 0..BENCH_MESSAGES {
+        let message = messages.next().await.expect("open").expect("a message");
+        message.ack().await.expect("ack");
+    }
+    let raw = BENCH_MESSAGES as f64 / started.elapsed().as_secs_f64();
+    drop(messages);
+
+    let started = Instant::now();
+    let subscriber = scene
+        .subscribe(SubscriptionConfig {
+            prefetch: 256,
+            ..settings(&group())
+        })
+        .await;
+    let mut count = 0;
+    while count < BENCH_MESSAGES {
+        let batch = subscriber
+            .receive(256, Duration::from_secs(1))
+            .await
+            .expect("receive");
+        ack_all(&subscriber, &batch).await;
+        count += batch.len();
+    }
+    let ferry = BENCH_MESSAGES as f64 / started.elapsed().as_secs_f64();
+    subscriber.close().await;
+
+    println!(
+        "raw client: {raw:.0} msg/s, subscriber: {ferry:.0} msg/s ({:.2} of raw)",
+        ferry / raw
+    );
+    assert!(ferry >= 0.5 * raw, "{ferry:.0} msg/s against {raw:.0}");
     scene.clean_up().await;
 }

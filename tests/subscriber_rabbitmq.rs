@@ -230,7 +230,8 @@ fn sorted(headers: &[(String, String)]) -> Vec<(String, String)> {
 async fn every_message_arrives_once_as_published_and_acking_leaves_nothing_behind() {
     let scene = Scene::new(ExchangeType::Topic).await;
     let group = scene.group();
-    let subscriber = scene.subscribe(&group, "a", 20).await;
+    // A prefetch above the count: every message is held unsettled until all have arrived.
+    let subscriber = scene.subscribe(&group, "a", 100).await;
     let envelopes = sample_envelopes(50, 5);
     scene.publish(&envelopes).await;
 
@@ -401,9 +402,9 @@ async fn a_retry_comes_back_after_its_quantised_delay_as_the_next_attempt() {
     scene.publish(&envelopes).await;
     let original = receive_count(&subscriber, 1).await.remove(0);
 
-    // 1.2 s is rounded down to the 1 s delay queue; 120 ms to the 100 ms one.
+    // 1.2 s is rounded down to the 1 s delay queue, 120 ms to the 100 ms one, 60 ms to 50 ms.
     let mut current = original;
-    for (attempt, requested, quantised) in [(2, 1_200, 1_000), (3, 120, 100)] {
+    for (attempt, requested, quantised) in [(2, 1_200, 1_000), (3, 120, 100), (4, 60, 50)] {
         let retried_at = Instant::now();
         subscriber
             .retry(&current, Duration::from_millis(requested))
@@ -430,11 +431,11 @@ async fn a_retry_comes_back_after_its_quantised_delay_as_the_next_attempt() {
 
     // A delay under the shortest delay queue goes straight back.
     subscriber
-        .retry(&current, Duration::from_millis(10))
+        .retry(&current, Duration::from_millis(5))
         .await
         .expect("retry at once");
     let last = receive_count(&subscriber, 1).await.remove(0);
-    assert_eq!(last.attempt, 4);
+    assert_eq!(last.attempt, 5);
     subscriber.ack(&last).await.expect("ack");
     assert_lag_becomes(&subscriber, 0).await;
     subscriber.close().await;
@@ -713,7 +714,7 @@ async fn a_deleted_group_queue_ends_receiving_with_a_connection_error() {
     };
     assert!(matches!(error, BrokerError::Connection { .. }), "{error}");
     assert!(!subscriber.connected());
-    let lag = subscriber.lag().await.err().expect("no queue, no lag");
+    let lag = subscriber.lag().await.expect_err("no queue, no lag");
     assert!(matches!(lag, BrokerError::Topology { .. }), "{lag}");
     let _ = connection.close(200, "done".into()).await;
 }
@@ -781,8 +782,7 @@ async fn a_lost_connection_makes_receive_fail_and_connected_false() {
     let ack = subscriber
         .ack(&held[0])
         .await
-        .err()
-        .expect("no ack without a channel");
+        .expect_err("no ack without a channel");
     assert!(matches!(ack, BrokerError::Connection { .. }), "{ack}");
 
     // The message it held goes back to the group.

@@ -1,10 +1,12 @@
-//! `ferry bench`: relay throughput against the raw broker client as a ceiling, and end-to-end
-//! latency from COMMIT to a consumer, both against the real servers on this machine.
+//! `ferry bench`: relay and consumer throughput against the raw broker client as a ceiling, and
+//! end-to-end latency from COMMIT to a consumer, all against the real servers on this machine.
 //!
-//! Every run works on names of its own (outbox table, exchange and queue, stream, stream key)
-//! and removes them at the end, also after a failure, so runs can share the servers with tests.
+//! Every run works on names of its own (outbox table, exchange and queue, stream, stream key,
+//! consumer group, idempotency table or key prefix) and removes them at the end, also after a
+//! failure, so runs can share the servers with tests.
 
 mod child;
+mod consumer;
 mod destination;
 mod latency;
 mod readers;
@@ -19,6 +21,8 @@ use crate::{broker::BrokerError, message::Unpublishable};
 
 /// The database every benchmark uses unless told otherwise: the shared test server.
 const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/ferry_test";
+/// The Redis server an idempotency store uses unless told otherwise: the shared test server.
+const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
 
 /// The broker a benchmark publishes to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -112,6 +116,69 @@ pub struct LatencyBenchArgs {
     pub workers: u32,
 }
 
+/// The idempotency store of `ferry bench consumer`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum DedupArg {
+    /// A table in the PostgreSQL database of `--database-url`.
+    Postgres,
+    /// Keys in the Redis server of `--redis-url`.
+    Redis,
+}
+
+impl DedupArg {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Postgres => "postgres",
+            Self::Redis => "redis",
+        }
+    }
+}
+
+/// How the benchmark's consumer orders deliveries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum OrderingArg {
+    /// Any order, the Consumer default.
+    None,
+    /// One message per key at a time, in order.
+    PerKey,
+}
+
+/// `ferry bench consumer`.
+#[derive(Debug, clap::Args)]
+pub struct ConsumerBenchArgs {
+    /// The broker the messages wait in.
+    #[arg(long, value_enum)]
+    pub broker: BrokerArg,
+    /// Where the consumer records delivered message ids.
+    #[arg(long, value_enum, default_value_t = DedupArg::Postgres)]
+    pub dedup: DedupArg,
+    /// Messages published before the clock starts, for each of the raw client and the consumer.
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub messages: u64,
+    /// Distinct ordering keys (aggregate ids), assigned round-robin.
+    #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub keys: u64,
+    /// Approximate size of each JSON payload.
+    #[arg(long, default_value_t = 256)]
+    pub payload_bytes: usize,
+    /// The consumer's `concurrency`: messages delivered at the same time [default: 8, the
+    /// Consumer default].
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub concurrency: u32,
+    /// The consumer's `ordering` [default: none, the Consumer default].
+    #[arg(long, value_enum, default_value_t = OrderingArg::None)]
+    pub ordering: OrderingArg,
+    /// The broker's URL [default: the local server of `--broker`].
+    #[arg(long)]
+    pub broker_url: Option<String>,
+    /// The PostgreSQL database of `--dedup postgres`.
+    #[arg(long, default_value = DEFAULT_DATABASE_URL)]
+    pub database_url: String,
+    /// The Redis server of `--dedup redis`.
+    #[arg(long, default_value = DEFAULT_REDIS_URL)]
+    pub redis_url: String,
+}
+
 /// Why a benchmark could not produce a result (a missed target is not one of these).
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
@@ -129,6 +196,8 @@ pub enum BenchError {
     Envelope(#[from] Unpublishable),
     #[error("relay process: {0}")]
     Relay(String),
+    #[error("consumer process: {0}")]
+    Consumer(String),
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -157,4 +226,9 @@ pub async fn relay_throughput(args: RelayBenchArgs) -> anyhow::Result<ExitCode> 
 /// `ferry bench latency`: see `docs/benchmarks.md`.
 pub async fn commit_to_consumer_latency(args: LatencyBenchArgs) -> anyhow::Result<ExitCode> {
     latency::run(args).await
+}
+
+/// `ferry bench consumer`: see `docs/benchmarks.md`.
+pub async fn consumer_throughput(args: ConsumerBenchArgs) -> anyhow::Result<ExitCode> {
+    consumer::run(args).await
 }

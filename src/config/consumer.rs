@@ -31,6 +31,12 @@ pub struct ConsumerConfig {
     pub dead_letter: Option<DeadLetterConfig>,
     #[serde(default)]
     pub http: HttpConfig,
+    /// How long a received message may stay unsettled before the broker hands it to another
+    /// replica. Absent: twice the sink timeout plus 5 s, at least 30 s. Deliveries that take
+    /// longer extend it as they go, so it only decides how soon a crashed replica's messages
+    /// are taken over (RabbitMQ does that when the connection drops, whatever this says).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ack_timeout: Option<Duration>,
 }
 
 /// Which Consumer this is.

@@ -298,6 +298,7 @@ pub fn resolve_consumer(
         retry,
         dead_letter,
         http: HttpConfig::default(),
+        ack_timeout: None,
     })
 }
 

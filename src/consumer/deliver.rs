@@ -23,10 +23,10 @@ use crate::{
 };
 
 /// How long a message waits when another delivery of the same id holds the claim.
-const BUSY_WAIT: Duration = Duration::from_secs(5);
+pub(crate) const BUSY_WAIT: Duration = Duration::from_secs(5);
 
 /// What one attempt came to.
-enum Attempt {
+pub(crate) enum Attempt {
     Settled(Settled),
     /// Try again after at least this long (the failure and the wait it asks for).
     Failed(Failure),
@@ -114,7 +114,7 @@ async fn deliver_held(
 
 /// The backoff for the next attempt, or what `Retry-After` asked for when longer (up to the
 /// policy's cap).
-fn retry_wait(shared: &Shared, attempt: u32, failure: &Failure) -> Duration {
+pub(crate) fn retry_wait(shared: &Shared, attempt: u32, failure: &Failure) -> Duration {
     let computed = shared.backoff.delay_for(attempt);
     match failure.retry_after() {
         Some(asked) if shared.config.retry.honor_retry_after => {
@@ -124,7 +124,7 @@ fn retry_wait(shared: &Shared, attempt: u32, failure: &Failure) -> Duration {
     }
 }
 
-async fn attempt_once(shared: &Shared, delivery: &Delivery) -> Attempt {
+pub(crate) async fn attempt_once(shared: &Shared, delivery: &Delivery) -> Attempt {
     let event_types = &shared.config.event_types;
     if !event_types.is_empty()
         && !event_types
@@ -193,8 +193,31 @@ async fn dead_letter(
     let Some(store) = &shared.dead_letters else {
         return Ok(None);
     };
+    let letter = letter_of(shared, delivery, attempts, failure);
+    match store.put(&letter).await {
+        Ok(()) => {
+            subscriber.ack(delivery).await?;
+            shared.metrics.record(Settled::DeadLettered);
+            tracing::warn!(id = %delivery.id, attempts, error = %failure, "dead-lettered");
+            Ok(Some(Settled::DeadLettered))
+        }
+        Err(error) => {
+            shared.health.record_error("dead_letter", error.to_string());
+            tracing::error!(id = %delivery.id, %error, "cannot store a dead letter; retrying the message");
+            Ok(None)
+        }
+    }
+}
+
+/// The dead letter of a message that failed for good.
+pub(crate) fn letter_of(
+    shared: &Shared,
+    delivery: &Delivery,
+    attempts: u32,
+    failure: &Failure,
+) -> DeadLetter {
     let now = Utc::now();
-    let letter = DeadLetter {
+    DeadLetter {
         origin: shared.config.consumer.origin(),
         message_id: delivery.id.clone(),
         event_type: delivery.event_type.clone(),
@@ -211,20 +234,7 @@ async fn dead_letter(
         http_status: failure.http_status().map(i32::from),
         fingerprint: String::new(),
     }
-    .finish();
-    match store.put(&letter).await {
-        Ok(()) => {
-            subscriber.ack(delivery).await?;
-            shared.metrics.record(Settled::DeadLettered);
-            tracing::warn!(id = %delivery.id, attempts, error = %failure, "dead-lettered");
-            Ok(Some(Settled::DeadLettered))
-        }
-        Err(error) => {
-            shared.health.record_error("dead_letter", error.to_string());
-            tracing::error!(id = %delivery.id, %error, "cannot store a dead letter; retrying the message");
-            Ok(None)
-        }
-    }
+    .finish()
 }
 
 /// Runs `work` while extending the broker's hold on the message every third of

@@ -3,6 +3,7 @@
 //! exponential backoff and dead-lettering what keeps failing.
 
 mod deliver;
+mod replay;
 pub mod idempotency;
 pub mod inbox;
 pub mod metrics;
@@ -17,8 +18,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     broker::subscriber::SubscriptionConfig,
-    config::ConsumerConfig,
-    dlq::{self, DeadLetterStore},
+    config::{ConsumerConfig, DeadLetterConfig},
+    dlq::{self, DeadLetterStore, table::TableStore},
     observe::{Health, http},
     retry::Backoff,
 };
@@ -35,7 +36,9 @@ pub(crate) struct Shared {
     config: ConsumerConfig,
     sink: HttpSink,
     idempotency: Option<BatchedStore>,
-    dead_letters: Option<Box<dyn DeadLetterStore>>,
+    dead_letters: Option<Arc<dyn DeadLetterStore>>,
+    /// The dead-letter table, when the store is one: where replay requests come from.
+    replays: Option<Arc<TableStore>>,
     backoff: Backoff,
     ack_timeout: Duration,
     metrics: Arc<ConsumerMetrics>,
@@ -70,7 +73,10 @@ pub enum StartError {
 /// How long a message may stay unsettled at the broker: a sink call with margin, at least
 /// `MIN_ACK_TIMEOUT`. Deliveries that take longer (in-place retries) extend it as they go.
 pub fn ack_timeout(config: &ConsumerConfig) -> Duration {
-    (config.sink.timeout.as_std() * 2 + Duration::from_secs(5)).max(MIN_ACK_TIMEOUT)
+    match config.ack_timeout {
+        Some(timeout) => timeout.as_std().max(Duration::from_secs(1)),
+        None => (config.sink.timeout.as_std() * 2 + Duration::from_secs(5)).max(MIN_ACK_TIMEOUT),
+    }
 }
 
 /// The consumer group settings for `config`; `member` names this replica.
@@ -123,6 +129,13 @@ pub async fn start(
             if let Some(store) = raw_store {
                 tokio::spawn(purge_idempotency(store, background.clone()));
             }
+            if let Some(replays) = shared.replays.clone() {
+                tokio::spawn(replay::serve_requests(
+                    shared.clone(),
+                    replays,
+                    shutdown.clone(),
+                ));
+            }
             session::run_sessions(shared, &shutdown).await;
             background.cancel();
         }
@@ -155,17 +168,32 @@ async fn connect(
             .await?,
         )),
     };
-    let dead_letters = match &config.dead_letter {
-        None => None,
-        Some(settings) => {
-            Some(until_ok(&backoff, shutdown, &health, "dead_letter", || dlq::open(settings)).await?)
+    let (dead_letters, replays): (Option<Arc<dyn DeadLetterStore>>, _) = match &config.dead_letter
+    {
+        None => (None, None),
+        Some(DeadLetterConfig::Database(database)) => {
+            let table = Arc::new(
+                until_ok(&backoff, shutdown, &health, "dead_letter", || {
+                    TableStore::connect(database)
+                })
+                .await?,
+            );
+            (Some(table.clone()), Some(table))
         }
+        Some(settings) => (
+            Some(Arc::from(
+                until_ok(&backoff, shutdown, &health, "dead_letter", || dlq::open(settings))
+                    .await?,
+            )),
+            None,
+        ),
     };
     health.set_database(true);
     Some((
         Shared {
             idempotency: raw_store.clone().map(BatchedStore::new),
             dead_letters,
+            replays,
             backoff,
             ack_timeout: lease,
             sink,

@@ -7,20 +7,20 @@ use std::{
     time::Duration,
 };
 
-use chrono::{DateTime, Utc};
-use clap::{Args, Subcommand, ValueEnum};
+use chrono::Utc;
+use clap::Subcommand;
 
+pub use super::args::{Connection, Decision, Filters, Output, StatusArg};
 use super::{
+    args::{actor, age_arg},
     discard::{discard, purge},
     error::DlqError,
     query::{self, Selection},
-    record::Status,
     render,
     replay::{self, ReplayProgress},
     table::TableStore,
     when,
 };
-use crate::api::{DatabaseEngine, dead_letter_queue::DEFAULT_DEAD_LETTER_TABLE};
 
 /// How many letters `list` shows when `--limit` is not given.
 pub const DEFAULT_LIST_LIMIT: u32 = 100;
@@ -118,205 +118,6 @@ pub enum DlqCommand {
     },
 }
 
-/// Where the dead-letter table is.
-#[derive(Debug, Clone, Args)]
-pub struct Connection {
-    /// The database: postgres://..., mysql://... or sqlite:PATH.
-    #[arg(long, env = "FERRY_DLQ_URL", hide_env_values = true)]
-    pub url: String,
-    /// The dead-letter table, optionally `schema.table`.
-    #[arg(long, default_value = DEFAULT_DEAD_LETTER_TABLE, value_parser = table_arg)]
-    pub table: String,
-}
-
-/// Which dead letters: the filters every subcommand shares.
-#[derive(Debug, Clone, Args)]
-pub struct Filters {
-    /// Who gave up on them, e.g. consumer/shop/inventory (a glob with `*` is allowed).
-    #[arg(long, value_parser = non_empty_arg)]
-    pub origin: Option<String>,
-    /// Their event type, e.g. order.created or a glob such as order.*.
-    #[arg(long, value_parser = non_empty_arg)]
-    pub event_type: Option<String>,
-    /// Failed the same way as this fingerprint (16 hex digits, as `stats` shows).
-    #[arg(long, value_parser = fingerprint_arg)]
-    pub fingerprint: Option<String>,
-    /// Last failed at or after: RFC 3339, a date, or an age such as 2h (that long ago).
-    #[arg(long, value_parser = time_arg)]
-    pub since: Option<DateTime<Utc>>,
-    /// Last failed before: RFC 3339, a date, or an age such as 30m (that long ago).
-    #[arg(long, value_parser = time_arg)]
-    pub until: Option<DateTime<Utc>>,
-    /// Their status; repeat or separate with commas. `any` selects every status.
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "waiting")]
-    pub status: Vec<StatusArg>,
-    /// A message id (repeatable).
-    #[arg(long = "id", value_name = "MESSAGE_ID", value_parser = non_empty_arg)]
-    pub ids: Vec<String>,
-    /// A letter's seq (repeatable).
-    #[arg(long = "seq", value_name = "SEQ")]
-    pub seqs: Vec<i64>,
-    /// At most this many letters (for `stats`, groups), oldest first.
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
-    pub limit: Option<u32>,
-}
-
-/// Who decides, and why.
-#[derive(Debug, Clone, Args)]
-pub struct Decision {
-    /// Who decides, for the history (default: $USER).
-    #[arg(long, value_name = "NAME")]
-    pub by: Option<String>,
-    /// Why, kept with the letters and in their history.
-    #[arg(long)]
-    pub note: Option<String>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Output {
-    Text,
-    Json,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum StatusArg {
-    Waiting,
-    #[value(name = "replay_requested", alias = "replay-requested")]
-    ReplayRequested,
-    Replaying,
-    Replayed,
-    Discarded,
-    Any,
-}
-
-impl Filters {
-    /// The selection these flags describe; `all` is the command's `--all`.
-    pub fn selection(&self, all: bool) -> Result<Selection, DlqError> {
-        if let (Some(since), Some(until)) = (self.since, self.until)
-            && since >= until
-        {
-            return Err(DlqError::Input(format!(
-                "--since ({}) must be before --until ({})",
-                since.to_rfc3339(),
-                until.to_rfc3339()
-            )));
-        }
-        let statuses = if self.status.contains(&StatusArg::Any) {
-            Vec::new()
-        } else {
-            self.status
-                .iter()
-                .filter_map(|status| match status {
-                    StatusArg::Waiting => Some(Status::Waiting),
-                    StatusArg::ReplayRequested => Some(Status::ReplayRequested),
-                    StatusArg::Replaying => Some(Status::Replaying),
-                    StatusArg::Replayed => Some(Status::Replayed),
-                    StatusArg::Discarded => Some(Status::Discarded),
-                    StatusArg::Any => None,
-                })
-                .collect()
-        };
-        Ok(Selection {
-            origin: self.origin.clone(),
-            event_type: self.event_type.clone(),
-            fingerprint: self.fingerprint.clone(),
-            since: self.since,
-            until: self.until,
-            statuses,
-            message_ids: self.ids.clone(),
-            seqs: self.seqs.clone(),
-            limit: self.limit,
-            all,
-        })
-    }
-}
-
-fn age_arg(text: &str) -> Result<Duration, String> {
-    when::parse_age(text).map_err(|error| error.to_string())
-}
-
-fn time_arg(text: &str) -> Result<DateTime<Utc>, String> {
-    when::parse_time(text, Utc::now()).map_err(|error| error.to_string())
-}
-
-fn non_empty_arg(text: &str) -> Result<String, String> {
-    if text.trim().is_empty() {
-        Err("must not be empty".to_owned())
-    } else {
-        Ok(text.to_owned())
-    }
-}
-
-fn fingerprint_arg(text: &str) -> Result<String, String> {
-    let text = text.trim().to_ascii_lowercase();
-    if text.len() == 16 && text.chars().all(|c| c.is_ascii_hexdigit()) {
-        Ok(text)
-    } else {
-        Err("a fingerprint is 16 hex digits, as `ferry dlq stats` shows".to_owned())
-    }
-}
-
-fn table_arg(text: &str) -> Result<String, String> {
-    static PATTERN: std::sync::LazyLock<Option<regex::Regex>> =
-        std::sync::LazyLock::new(|| regex::Regex::new(crate::api::common::TABLE_NAME_PATTERN).ok());
-    match PATTERN.as_ref() {
-        Some(pattern) if pattern.is_match(text) => Ok(text.to_owned()),
-        _ => Err(
-            "a table name is letters, digits and `_` (not starting with a digit), optionally `schema.table`"
-                .to_owned(),
-        ),
-    }
-}
-
-/// The engine a URL's scheme names, and the URL as the driver takes it. Errors name `--url`
-/// but never repeat the URL, which may hold a password.
-pub fn engine_of(url: &str) -> Result<(DatabaseEngine, String), DlqError> {
-    let scheme = url
-        .split(':')
-        .next()
-        .unwrap_or_default()
-        .to_ascii_lowercase();
-    let engine = [
-        DatabaseEngine::Postgres,
-        DatabaseEngine::Mysql,
-        DatabaseEngine::Sqlite,
-    ]
-    .into_iter()
-    .find(|engine| engine.url_schemes().contains(&scheme.as_str()))
-    .ok_or_else(|| {
-        DlqError::Input(format!(
-            "--url: unknown scheme {scheme:?}: use postgres://..., mysql://... or sqlite:PATH"
-        ))
-    })?;
-    // The MySQL driver knows only `mysql://`; MariaDB speaks the same protocol.
-    let url = match url.get(..10) {
-        Some(prefix) if prefix.eq_ignore_ascii_case("mariadb://") => {
-            format!("mysql://{}", &url[10..])
-        }
-        _ => url.to_owned(),
-    };
-    Ok((engine, url))
-}
-
-/// Who acts, for the history: `--by`, else `$USER`.
-fn actor(by: Option<String>) -> String {
-    by.or_else(|| std::env::var("USER").ok())
-        .or_else(|| std::env::var("USERNAME").ok())
-        .filter(|name| !name.trim().is_empty())
-        .unwrap_or_else(|| "unknown".to_owned())
-}
-
-async fn open(connection: &Connection) -> Result<TableStore, DlqError> {
-    let (engine, url) = engine_of(&connection.url)?;
-    let store = TableStore::connect_existing(engine, &url, &connection.table).await?;
-    if !store.tables_exist().await? {
-        return Err(DlqError::MissingTable {
-            table: connection.table.clone(),
-        });
-    }
-    Ok(store)
-}
-
 /// Runs a `ferry dlq` command, printing to stdout and progress to stderr.
 pub async fn run(command: DlqCommand) -> anyhow::Result<ExitCode> {
     run_to(command, &mut std::io::stdout()).await
@@ -332,7 +133,7 @@ pub async fn run_to(command: DlqCommand, out: &mut (dyn Write + Send)) -> anyhow
         } => {
             let mut selection = filters.selection(false)?;
             selection.limit = Some(selection.limit.unwrap_or(DEFAULT_LIST_LIMIT));
-            let store = open(&connection).await?;
+            let store = connection.open().await?;
             let letters = query::list(&store, &selection).await?;
             match output {
                 Output::Json => {
@@ -362,7 +163,7 @@ pub async fn run_to(command: DlqCommand, out: &mut (dyn Write + Send)) -> anyhow
             origin,
             output,
         } => {
-            let store = open(&connection).await?;
+            let store = connection.open().await?;
             let letters = query::find(&store, &id, origin.as_deref()).await?;
             let mut details = Vec::with_capacity(letters.len());
             for letter in &letters {
@@ -398,7 +199,7 @@ pub async fn run_to(command: DlqCommand, out: &mut (dyn Write + Send)) -> anyhow
             output,
         } => {
             let selection = filters.selection(false)?;
-            let store = open(&connection).await?;
+            let store = connection.open().await?;
             let groups = query::stats(&store, &selection).await?;
             match output {
                 Output::Json => writeln!(out, "{}", serde_json::to_string_pretty(&groups)?)?,
@@ -425,18 +226,22 @@ pub async fn run_to(command: DlqCommand, out: &mut (dyn Write + Send)) -> anyhow
         } => {
             let selection = filters.selection(all)?;
             selection.require_explicit("replay")?;
-            let store = open(&connection).await?;
+            let store = connection.open().await?;
             let by = actor(decision.by);
             let request =
                 replay::request(&store, &selection, &by, decision.note.as_deref()).await?;
             if request.letters == 0 {
-                writeln!(out, "No dead letters match; nothing to replay.")?;
+                writeln!(
+                    out,
+                    "Nothing to replay: no selected dead letter is waiting (or replayed or discarded, when --status asks for those)."
+                )?;
                 return Ok(ExitCode::SUCCESS);
             }
             writeln!(
                 out,
-                "Requested replay of {} dead letters (request {}).",
-                request.letters, request.id
+                "Requested replay of {} (request {}).",
+                dead_letters(request.letters),
+                request.id
             )?;
             if no_wait {
                 return Ok(ExitCode::SUCCESS);
@@ -452,10 +257,10 @@ pub async fn run_to(command: DlqCommand, out: &mut (dyn Write + Send)) -> anyhow
         } => {
             let selection = filters.selection(all)?;
             selection.require_explicit("discard")?;
-            let store = open(&connection).await?;
+            let store = connection.open().await?;
             let by = actor(decision.by);
             let discarded = discard(&store, &selection, &by, decision.note.as_deref()).await?;
-            writeln!(out, "Discarded {discarded} dead letters.")?;
+            writeln!(out, "Discarded {}.", dead_letters(discarded))?;
             Ok(ExitCode::SUCCESS)
         }
         DlqCommand::Purge {
@@ -466,7 +271,7 @@ pub async fn run_to(command: DlqCommand, out: &mut (dyn Write + Send)) -> anyhow
         } => {
             let cutoff = when::ago(Utc::now(), older_than)
                 .ok_or_else(|| DlqError::Input("--older-than is too long ago".to_owned()))?;
-            let store = open(&connection).await?;
+            let store = connection.open().await?;
             let selection = Selection {
                 origin,
                 ..Selection::default()
@@ -474,14 +279,21 @@ pub async fn run_to(command: DlqCommand, out: &mut (dyn Write + Send)) -> anyhow
             let purged = purge(&store, &selection, cutoff, &actor(by)).await?;
             writeln!(
                 out,
-                "Purged {} dead letters resolved before {} ({} replayed, {} discarded); letters still waiting are kept.",
-                purged.replayed + purged.discarded,
+                "Purged {} resolved before {} ({} replayed, {} discarded); letters still waiting are kept.",
+                dead_letters(purged.replayed + purged.discarded),
                 render::time(cutoff),
                 purged.replayed,
                 purged.discarded
             )?;
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+fn dead_letters(count: u64) -> String {
+    match count {
+        1 => "1 dead letter".to_owned(),
+        count => format!("{count} dead letters"),
     }
 }
 
@@ -528,7 +340,7 @@ async fn report_replay(
     out: &mut (dyn Write + Send),
 ) -> anyhow::Result<ExitCode> {
     if progress.all_replayed() {
-        writeln!(out, "All {} dead letters were replayed.", progress.replayed)?;
+        writeln!(out, "Replayed all {}.", dead_letters(progress.replayed))?;
         return Ok(ExitCode::SUCCESS);
     }
     writeln!(out, "{}", progress_line(progress))?;
@@ -540,43 +352,10 @@ async fn report_replay(
     if progress.pending() > 0 {
         writeln!(
             out,
-            "Timed out with {} dead letters not delivered yet: is the consumer of their origin running? They stay requested; `ferry dlq list --status replay_requested,replaying` shows them.",
-            progress.pending()
+            "Timed out with {} not delivered yet: is the consumer of their origin running? They stay requested; `ferry dlq list --status replay_requested,replaying` shows them.",
+            dead_letters(progress.pending())
         )?;
         return Ok(ExitCode::from(EXIT_TIMED_OUT));
     }
     Ok(ExitCode::from(EXIT_NOT_ALL_REPLAYED))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn urls_name_their_engine_and_errors_do_not_repeat_them() {
-        assert_eq!(
-            engine_of("postgres://u:p@h/db")
-                .map(|(engine, _)| engine)
-                .ok(),
-            Some(DatabaseEngine::Postgres)
-        );
-        assert_eq!(
-            engine_of("sqlite:/tmp/x.db").map(|(engine, _)| engine).ok(),
-            Some(DatabaseEngine::Sqlite)
-        );
-        assert_eq!(
-            engine_of("mariadb://root@h/db").ok(),
-            Some((DatabaseEngine::Mysql, "mysql://root@h/db".to_owned()))
-        );
-        let error = engine_of("http://user:secret@h").map(drop);
-        let message = error
-            .err()
-            .map(|error| error.to_string())
-            .unwrap_or_default();
-        assert!(
-            message.starts_with("--url: unknown scheme \"http\""),
-            "{message}"
-        );
-        assert!(!message.contains("secret"), "{message}");
-    }
 }

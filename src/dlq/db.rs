@@ -143,7 +143,7 @@ fn same(time: DateTime<Utc>) -> DateTime<Utc> {
     time
 }
 
-pub(crate) enum Pool {
+enum Pool {
     Postgres(PgPool),
     Mysql(MySqlPool),
     Sqlite(SqlitePool),
@@ -230,13 +230,20 @@ impl Db {
         })
     }
 
-    /// A transaction that will write. On SQLite it takes the write lock at once: a deferred
-    /// transaction that reads first and writes later fails with `SQLITE_BUSY` when another
-    /// writer came in between, where waiting for the lock up front just waits.
+    /// A transaction that will write, reading committed data (every change locks the rows it
+    /// reads explicitly). On MySQL that avoids the gap locks of its default isolation, with
+    /// which consumers taking letters side by side deadlock. On SQLite it takes the write lock
+    /// at once: a deferred transaction that reads first and writes later fails with
+    /// `SQLITE_BUSY` when another writer came in between, where waiting up front just waits.
     pub async fn begin(&self) -> Result<Tx, sqlx::Error> {
         Ok(match &self.pool {
             Pool::Postgres(pool) => Tx::Postgres(pool.begin().await?),
-            Pool::Mysql(pool) => Tx::Mysql(pool.begin().await?),
+            Pool::Mysql(pool) => Tx::Mysql(
+                pool.begin_with(
+                    "SET TRANSACTION ISOLATION LEVEL READ COMMITTED; START TRANSACTION",
+                )
+                .await?,
+            ),
             Pool::Sqlite(pool) => Tx::Sqlite(pool.begin_with("BEGIN IMMEDIATE").await?),
         })
     }

@@ -10,6 +10,11 @@ pub enum DlqError {
         "no dead-letter table {table:?} (or its history table) in that database: check --table and --url"
     )]
     MissingTable { table: String },
+    #[error("cannot open the database --url names ({engine}): {source}")]
+    Connect {
+        engine: &'static str,
+        source: DeadLetterError,
+    },
     /// A flag's value that cannot be used; the message names the flag.
     #[error("{0}")]
     Input(String),
@@ -33,6 +38,7 @@ impl DlqError {
         match self {
             Self::Store(_) => "database",
             Self::MissingTable { .. } => "missing_table",
+            Self::Connect { .. } => "connect",
             Self::Input(_) => "bad_input",
             Self::NoSelection { .. } => "no_selection",
             Self::NotFound(..) => "not_found",

@@ -1,6 +1,7 @@
 //! Dead letters: messages that could not be delivered (or rows that could not be published),
 //! kept with everything a person needs to decide what to do with them.
 
+pub mod args;
 pub mod command;
 mod db;
 pub mod discard;

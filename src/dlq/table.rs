@@ -116,7 +116,8 @@ impl TableStore {
     }
 
     /// Connects to tables that must already exist (what `ferry dlq` does: pointed at the wrong
-    /// database, it says so instead of creating an empty table there).
+    /// database, it says so instead of creating an empty table there). `table` must be a valid
+    /// table name (`crate::api::common::TABLE_NAME_PATTERN`): it is written into SQL.
     pub async fn connect_existing(
         engine: DatabaseEngine,
         url: &str,
@@ -265,12 +266,7 @@ impl DeadLetterStore for TableStore {
             .push(" AND message_id = ")
             .bind(letter.message_id.as_str());
         let mut before_find = find.clone();
-        // Locking a row that does not exist yet takes a gap lock on MySQL, and two consumers
-        // storing new letters side by side would then deadlock; a plain read there only risks
-        // naming the history line wrongly when a person acts on this very letter meanwhile.
-        if self.db.engine() == DatabaseEngine::Postgres {
-            before_find.for_update();
-        }
+        before_find.for_update();
         let before = match tx.fetch_all(&before_find).await?.first() {
             Some(row) => Some((row.int("seq")?, row.text("status")?.parse::<Status>().ok())),
             None => None,

@@ -114,7 +114,7 @@ pub async fn per_key_order_holds_through_failures(broker: Broker) {
     pipeline.cleanup().await;
 }
 
-/// The waits between attempts of one message follow the policy (20 ms doubling to 200 ms,
+/// The waits between attempts of one message follow the policy (100 ms doubling to 800 ms,
 /// equal jitter: between half and all of each ceiling), with slack above for a loaded machine.
 pub async fn retry_waits_follow_the_policy(broker: Broker) {
     let pipeline = Pipeline::new(broker);
@@ -125,7 +125,10 @@ pub async fn retry_waits_follow_the_policy(broker: Broker) {
         ..Behaviour::default()
     })
     .await;
-    let consumer = Running::start(pipeline.config(&sink.url(), 6, Ordering::None)).await;
+    let mut config = pipeline.config(&sink.url(), 6, Ordering::None);
+    config.retry.initial_backoff = ferry::api::Duration::from_millis(100);
+    config.retry.max_backoff = ferry::api::Duration::from_millis(800);
+    let consumer = Running::start(config).await;
     pipeline.publish(&envelopes).await;
     consumer
         .wait_status("the dead letter", |status| status["deadLetteredTotal"] == 1)
@@ -133,7 +136,7 @@ pub async fn retry_waits_follow_the_policy(broker: Broker) {
     let times: Vec<_> = sink.requests().iter().map(|r| r.at).collect();
     assert_eq!(times.len(), 6);
     for (retry, pair) in times.windows(2).enumerate() {
-        let ceiling = Duration::from_millis((20u64 << retry).min(200));
+        let ceiling = Duration::from_millis((100u64 << retry).min(800));
         let wait = pair[1] - pair[0];
         assert!(wait >= ceiling / 2, "retry {}: waited {wait:?}, at least {:?}", retry + 1, ceiling / 2);
         assert!(
@@ -142,6 +145,47 @@ pub async fn retry_waits_follow_the_policy(broker: Broker) {
             retry + 1
         );
     }
+    consumer.stop().await;
+    pipeline.cleanup().await;
+}
+
+/// A poison message dead-lettered while the sink refuses it is delivered once by
+/// `ferry dlq replay` after the sink is fixed; the letter is marked replayed.
+pub async fn replay_delivers_a_dead_letter_once_the_sink_is_fixed(broker: Broker) {
+    let pipeline = Pipeline::new(broker);
+    let envelopes = sample_envelopes(10, 2);
+    let poison = envelopes[4].id.clone();
+    let sink = Sink::start(Behaviour {
+        poison: HashMap::from([(poison.clone(), 422)]),
+        ..Behaviour::default()
+    })
+    .await;
+    let consumer = Running::start(pipeline.config(&sink.url(), 3, Ordering::None)).await;
+    pipeline.publish(&envelopes).await;
+    consumer
+        .wait_status("9 deliveries and a dead letter", |status| {
+            status["deliveredTotal"] == 9 && status["deadLetteredTotal"] == 1
+        })
+        .await;
+    assert!(!sink.delivered().contains(&poison));
+    sink.set(|behaviour| behaviour.poison.clear());
+    let replay = tokio::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["dlq", "replay", "--url", crate::harness::POSTGRES, "--table"])
+        .arg(&pipeline.dead_letter_table)
+        .args(["--origin", &pipeline.origin(), "--timeout", "60s"])
+        .output()
+        .await
+        .expect("run ferry dlq replay");
+    assert!(
+        replay.status.success(),
+        "ferry dlq replay: {}\n{}",
+        String::from_utf8_lossy(&replay.stdout),
+        String::from_utf8_lossy(&replay.stderr)
+    );
+    assert!(sink.delivered().contains(&poison), "the replay reached the sink");
+    assert_eq!(sink.applied_twice(), Vec::<String>::new());
+    let letters = pipeline.dead_letter_statuses().await;
+    assert_eq!(letters, [(poison, "replayed".to_owned(), 1)]);
     consumer.stop().await;
     pipeline.cleanup().await;
 }

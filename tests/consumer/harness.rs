@@ -121,6 +121,7 @@ impl Pipeline {
             http: HttpConfig {
                 listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             },
+            ack_timeout: Some(ApiDuration::from_secs(3)),
         }
     }
 
@@ -174,6 +175,19 @@ impl Pipeline {
         .expect("read dead letters")
     }
 
+    /// Dead letters of this consumer: (message id, status, replay count).
+    pub async fn dead_letter_statuses(&self) -> Vec<(String, String, i32)> {
+        let mut connection = PgConnection::connect(POSTGRES).await.expect("connect");
+        sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT message_id, status, replay_count FROM {} WHERE origin = $1 ORDER BY message_id",
+            self.dead_letter_table
+        )))
+        .bind(self.origin())
+        .fetch_all(&mut connection)
+        .await
+        .expect("read dead letters")
+    }
+
     /// Removes the topic's broker objects and the tables.
     pub async fn cleanup(&self) {
         let group = format!("ferry.test.{}", self.name);
@@ -184,9 +198,13 @@ impl Pipeline {
                         .await
                     && let Ok(channel) = connection.create_channel().await
                 {
-                    let _ = channel
-                        .queue_delete(group.as_str().into(), Default::default())
-                        .await;
+                    let queues = std::iter::once(group.clone())
+                        .chain(ferry::broker::rabbitmq::subscriber::retry_queue_names(&group));
+                    for queue in queues {
+                        let _ = channel
+                            .queue_delete(queue.as_str().into(), Default::default())
+                            .await;
+                    }
                     let _ = channel
                         .exchange_delete(target.exchange.as_str().into(), Default::default())
                         .await;

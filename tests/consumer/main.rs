@@ -2,15 +2,17 @@
 //! HTTP sink that fails on purpose.
 
 mod delivery;
+mod faults;
 mod harness;
 mod sink;
+mod stores;
 #[path = "../support/mod.rs"]
 mod support;
 
 macro_rules! per_broker {
     ($($module:ident => $broker:expr),* $(,)?) => {$(
         mod $module {
-            use crate::{delivery, harness::Broker};
+            use crate::{delivery, faults, harness::Broker};
             const BROKER: Broker = $broker;
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -26,6 +28,26 @@ macro_rules! per_broker {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn per_key_order_holds_through_failures() {
                 delivery::per_key_order_holds_through_failures(BROKER).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_killed_consumers_messages_are_delivered_by_another() {
+                faults::a_killed_consumers_messages_are_delivered_by_another(BROKER).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_sink_outage_delays_but_loses_nothing() {
+                faults::a_sink_outage_delays_but_loses_nothing(BROKER).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn retry_after_is_honoured_up_to_the_cap() {
+                faults::retry_after_is_honoured_up_to_the_cap(BROKER).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn replay_delivers_a_dead_letter_once_the_sink_is_fixed() {
+                delivery::replay_delivers_a_dead_letter_once_the_sink_is_fixed(BROKER).await;
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -26,6 +26,10 @@ pub struct Behaviour {
     pub poison: HashMap<String, u16>,
     /// Every request answered 503.
     pub down: bool,
+    /// How long each request takes before it is answered.
+    pub delay: Duration,
+    /// `Retry-After` seconds sent with 429 and 503 answers.
+    pub retry_after: Option<u64>,
 }
 
 /// One request as the sink saw it.
@@ -117,7 +121,10 @@ impl Sink {
     }
 }
 
-async fn receive(State(record): State<Arc<Mutex<Record>>>, headers: HeaderMap) -> StatusCode {
+async fn receive(
+    State(record): State<Arc<Mutex<Record>>>,
+    headers: HeaderMap,
+) -> (StatusCode, HeaderMap) {
     let header = |name: &str| {
         headers
             .get(name)
@@ -125,6 +132,10 @@ async fn receive(State(record): State<Arc<Mutex<Record>>>, headers: HeaderMap) -
             .map(str::to_owned)
     };
     let id = header("ce-id").unwrap_or_default();
+    let delay = record.lock().unwrap().behaviour.delay;
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
     let mut record = record.lock().unwrap();
     let behaviour = &record.behaviour;
     let status = if behaviour.down {
@@ -147,5 +158,12 @@ async fn receive(State(record): State<Arc<Mutex<Record>>>, headers: HeaderMap) -
     if status == 200 {
         record.effects.push(id);
     }
-    StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    let mut answer = HeaderMap::new();
+    if let (Some(seconds), 429 | 503) = (record.behaviour.retry_after, status) {
+        answer.insert("retry-after", seconds.into());
+    }
+    (
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        answer,
+    )
 }

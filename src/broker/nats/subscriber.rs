@@ -194,8 +194,11 @@ fn settlement<'a>(topic: &str, delivery: &'a Delivery) -> Result<&'a Settlement,
 #[async_trait]
 impl Subscriber for NatsSubscriber {
     async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<Delivery>, BrokerError> {
-        let mut deliveries = self.deliveries.lock().await;
         let mut received = Vec::new();
+        if max == 0 {
+            return Ok(received);
+        }
+        let mut deliveries = self.deliveries.lock().await;
         match tokio::time::timeout(wait, deliveries.recv()).await {
             Err(_) => return Ok(received),
             Ok(Some(first)) => received.push(first),

@@ -14,10 +14,12 @@
 //! in a cluster, and one that counts how often it handed a message out without an ack
 //! (`x-delivery-count`), which is how a member that crashed while holding a message shows up in
 //! `Delivery::attempt`. Its FIFO order is the order `receive` keeps per key. The members of a
-//! group are competing consumers of that queue: each message goes to one of them, and RabbitMQ
+//! group are competing consumers of that queue: each message goes to one of them, so with
+//! several members two messages of one key can be in flight at two members at once (RabbitMQ
+//! cannot give a key to one member short of a queue per partition). RabbitMQ
 //! gives an unacked message back to the queue when the member's connection closes (RabbitMQ has
-//! no per-message ack timeout; its `consumer_timeout`, 30 minutes by default, closes the channel
-//! of a consumer that holds a message longer).
+//! no per-message ack timeout, so `extend` has nothing to do; its `consumer_timeout`, 30
+//! minutes by default, closes the channel of a consumer that holds a message longer).
 //!
 //! # Retries
 //!
@@ -28,7 +30,7 @@
 //! queue's TTL is fixed, so no message waits behind a longer delay; when it expires RabbitMQ
 //! dead-letters it back to the group's queue. The attempt count and the due time live in the
 //! copy and its queue, so they survive a restart of the consumer (and of RabbitMQ: the queues
-//! are durable and the copies persistent). A delay under 100 ms sends the copy straight back to
+//! are durable and the copies persistent). A delay under 10 ms sends the copy straight back to
 //! the group's queue.
 //!
 //! Delay queues are classic queues because they must expire when unused (`x-expires`), and
@@ -50,9 +52,12 @@
 
 mod delay;
 mod headers;
+mod lag;
+mod retry;
+mod topology;
 
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::HashMap,
     sync::{
         Arc, Mutex, MutexGuard, PoisonError,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -63,31 +68,24 @@ use std::{
 use async_trait::async_trait;
 use futures::StreamExt;
 use lapin::{
-    Acker, BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Consumer,
-    options::{
-        BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions,
-        BasicQosOptions, ConfirmSelectOptions, QueueBindOptions, QueueDeclareOptions,
-    },
-    protocol::AMQPSoftError,
-    types::{AMQPValue, FieldTable, LongString, ShortString},
+    Acker, BasicProperties, Channel, Connection, ConnectionProperties, Consumer,
+    options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions},
+    types::{FieldTable, ShortString},
 };
 use tokio::{sync::mpsc, task::JoinHandle};
 
-use super::{PUBLISH_TIMEOUT, declare_exchange, lapin_error, soft_error};
+use super::{PUBLISH_TIMEOUT, lapin_error};
 use crate::{
-    api::broker_topic::ExchangeType,
     broker::{
         BrokerError,
         subscriber::{BrokerLag, Delivery, Subscriber, SubscriptionConfig},
     },
     config::RabbitMqTarget,
 };
+use lag::DelayQueues;
 
 pub use delay::queue_names as retry_queue_names;
 pub use headers::ATTEMPT_HEADER;
-
-/// How often `lag` looks for delay queues it has not seen (another member's).
-const DISCOVERY_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Receives one topic's messages as one member of a consumer group.
 pub struct RabbitMqSubscriber {
@@ -109,15 +107,9 @@ pub struct RabbitMqSubscriber {
     /// returned (unroutable) copy is known to be that publish's.
     retry_channels: Mutex<Vec<Channel>>,
     /// When this subscriber last declared each delay queue (renewing its `x-expires` lease).
-    declared: Mutex<HashMap<Duration, Instant>>,
+    declared_at: Mutex<HashMap<Duration, Instant>>,
+    /// The delay queues `lag` counts.
     delay_queues: Mutex<DelayQueues>,
-}
-
-/// The delay queues `lag` counts.
-#[derive(Default)]
-struct DelayQueues {
-    seen: BTreeSet<Duration>,
-    discovered_at: Option<Instant>,
 }
 
 /// What the consumer task forwards to `receive`.
@@ -133,14 +125,6 @@ struct Settlement {
     acker: Acker,
     /// The original's properties, for the copy a retry publishes.
     properties: BasicProperties,
-}
-
-/// What RabbitMQ said to one publish of a retry copy.
-enum Published {
-    Confirmed,
-    /// No queue took it: the delay queue expired or the group's queue is gone.
-    Returned,
-    Refused,
 }
 
 impl RabbitMqSubscriber {
@@ -166,7 +150,7 @@ impl RabbitMqSubscriber {
                  use a shorter consumer group name"
             )));
         }
-        let binding = binding(target.exchange_type);
+        let binding = topology::binding(target.exchange_type);
         if subscription.provision && binding.is_none() {
             return Err(topology(format!(
                 "a queue cannot be bound to direct exchange {} so that it receives every \
@@ -186,23 +170,10 @@ impl RabbitMqSubscriber {
             .await
             .map_err(|e| lapin_error(topic, &e))?;
         match binding {
-            Some((routing_key, arguments)) if subscription.provision => {
-                let exchange = declare_exchange(topic, &channel, target, true).await?;
-                declare_group_queue(topic, &channel, &queue).await?;
-                channel
-                    .queue_bind(
-                        queue.clone(),
-                        exchange.clone(),
-                        routing_key,
-                        QueueBindOptions::default(),
-                        arguments,
-                    )
-                    .await
-                    .map_err(|e| {
-                        declare_error(topic, &e, &format!("binding {queue} to {exchange}"))
-                    })?;
+            Some(binding) if subscription.provision => {
+                topology::provision(topic, &channel, target, &queue, binding).await?;
             }
-            _ => check_group_queue(topic, &channel, &queue, &target.exchange).await?,
+            _ => topology::check(topic, &channel, &queue, &target.exchange).await?,
         }
 
         let prefetch = u16::try_from(subscription.prefetch)
@@ -254,7 +225,7 @@ impl RabbitMqSubscriber {
             held,
             cancelled,
             retry_channels: Mutex::new(Vec::new()),
-            declared: Mutex::new(HashMap::new()),
+            declared_at: Mutex::new(HashMap::new()),
             delay_queues: Mutex::new(DelayQueues::default()),
         })
     }
@@ -305,166 +276,6 @@ impl RabbitMqSubscriber {
         }
     }
 
-    /// Publishes a retry copy to the delay queue for `delay` (or straight to the group's queue)
-    /// and waits for its confirm. A delay queue that expired meanwhile makes the copy come back
-    /// unroutable: it is declared again and the copy published once more.
-    async fn publish_copy(
-        &self,
-        channel: &Channel,
-        delay: Option<Duration>,
-        body: &[u8],
-        properties: BasicProperties,
-    ) -> Result<(), BrokerError> {
-        let Some(delay) = delay else {
-            return match publish(channel, &self.group, body, properties)
-                .await
-                .map_err(|e| lapin_error(&self.topic, &e))?
-            {
-                Published::Confirmed => Ok(()),
-                Published::Returned => Err(self.queue_gone()),
-                Published::Refused => Err(self.refused()),
-            };
-        };
-        let queue = delay::queue_name(&self.group, delay);
-        let mut renewed = false;
-        loop {
-            self.declare_delay_queue(channel, delay, renewed).await?;
-            match publish(channel, &queue, body, properties.clone())
-                .await
-                .map_err(|e| lapin_error(&self.topic, &e))?
-            {
-                Published::Confirmed => return Ok(()),
-                Published::Refused => return Err(self.refused()),
-                Published::Returned if renewed => {
-                    return Err(self.failure(format!(
-                        "delay queue {queue} was declared but the copy was returned unroutable"
-                    )));
-                }
-                Published::Returned => {
-                    tracing::debug!(topic = %self.topic, queue, "delay queue expired; declaring it again");
-                    renewed = true;
-                }
-            }
-        }
-    }
-
-    /// Declares the delay queue unless this subscriber did so less than `RENEW_AFTER` ago (or
-    /// always, with `force`), which also renews its `x-expires` lease.
-    async fn declare_delay_queue(
-        &self,
-        channel: &Channel,
-        delay: Duration,
-        force: bool,
-    ) -> Result<(), BrokerError> {
-        let recent = lock(&self.declared)
-            .get(&delay)
-            .is_some_and(|at| at.elapsed() < delay::RENEW_AFTER);
-        if recent && !force {
-            return Ok(());
-        }
-        let queue = delay::queue_name(&self.group, delay);
-        let started = Instant::now();
-        channel
-            .queue_declare(
-                queue.as_str().into(),
-                QueueDeclareOptions {
-                    durable: true,
-                    ..QueueDeclareOptions::default()
-                },
-                delay::queue_arguments(&self.group, delay),
-            )
-            .await
-            .map_err(|e| declare_error(&self.topic, &e, &format!("delay queue {queue}")))?;
-        lock(&self.declared).insert(delay, started);
-        lock(&self.delay_queues).seen.insert(delay);
-        Ok(())
-    }
-
-    async fn retry_channel(&self) -> Result<Channel, BrokerError> {
-        let idle = lock(&self.retry_channels).pop();
-        if let Some(channel) = idle.filter(|channel| channel.status().connected()) {
-            return Ok(channel);
-        }
-        let channel = self
-            .connection
-            .create_channel()
-            .await
-            .map_err(|e| lapin_error(&self.topic, &e))?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .map_err(|e| lapin_error(&self.topic, &e))?;
-        Ok(channel)
-    }
-
-    /// The number of messages in a queue, `None` when it does not exist. Each probe has a
-    /// channel to itself, since RabbitMQ closes the channel of a passive declare that fails.
-    async fn probe(&self, queue: &str) -> Result<Option<u64>, BrokerError> {
-        let channel = self
-            .connection
-            .create_channel()
-            .await
-            .map_err(|e| lapin_error(&self.topic, &e))?;
-        let options = QueueDeclareOptions {
-            passive: true,
-            ..QueueDeclareOptions::default()
-        };
-        let name = ShortString::try_new(queue).map_err(|e| self.failure(e.to_string()))?;
-        match channel
-            .queue_declare(name, options, FieldTable::default())
-            .await
-        {
-            Ok(found) => {
-                // Errors are ignored: the count is in, and a channel left open is closed with
-                // the connection.
-                let _ = channel.close(200, "probed".into()).await;
-                Ok(Some(u64::from(found.message_count())))
-            }
-            Err(error) if soft_error(&error) == Some(AMQPSoftError::NOTFOUND) => Ok(None),
-            Err(error) => Err(lapin_error(&self.topic, &error)),
-        }
-    }
-
-    /// The messages waiting in this group's delay queues.
-    async fn delayed(&self) -> Result<u64, BrokerError> {
-        let (delays, discovering): (Vec<Duration>, bool) = {
-            let queues = lock(&self.delay_queues);
-            let discovering = queues
-                .discovered_at
-                .is_none_or(|at| at.elapsed() >= DISCOVERY_INTERVAL);
-            if discovering {
-                (delay::grid().collect(), true)
-            } else {
-                (queues.seen.iter().copied().collect(), false)
-            }
-        };
-        let started = Instant::now();
-        let counts =
-            futures::future::join_all(delays.iter().map(|delay| self.probe_delay_queue(*delay)))
-                .await;
-        let mut queues = lock(&self.delay_queues);
-        if discovering {
-            queues.discovered_at = Some(started);
-        }
-        let mut total = 0;
-        for (delay, count) in delays.into_iter().zip(counts) {
-            match count? {
-                Some(count) => {
-                    queues.seen.insert(delay);
-                    total += count;
-                }
-                None => {
-                    queues.seen.remove(&delay);
-                }
-            }
-        }
-        Ok(total)
-    }
-
-    async fn probe_delay_queue(&self, delay: Duration) -> Result<Option<u64>, BrokerError> {
-        self.probe(&delay::queue_name(&self.group, delay)).await
-    }
-
     fn failure(&self, message: String) -> BrokerError {
         BrokerError::Publish {
             topic: self.topic.clone(),
@@ -496,6 +307,9 @@ impl RabbitMqSubscriber {
 #[async_trait]
 impl Subscriber for RabbitMqSubscriber {
     async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<Delivery>, BrokerError> {
+        if max == 0 {
+            return Ok(Vec::new());
+        }
         let mut incoming = self.incoming.lock().await;
         let Ok(first) = tokio::time::timeout(wait, incoming.recv()).await else {
             return Ok(Vec::new());
@@ -630,126 +444,6 @@ async fn forward(
             return;
         }
     }
-}
-
-/// The binding key and arguments that route every message of the exchange to the queue; none
-/// for a direct exchange.
-fn binding(kind: ExchangeType) -> Option<(ShortString, FieldTable)> {
-    match kind {
-        ExchangeType::Topic => Some(("#".into(), FieldTable::default())),
-        ExchangeType::Fanout => Some(("".into(), FieldTable::default())),
-        ExchangeType::Headers => {
-            let mut arguments = FieldTable::default();
-            arguments.insert(
-                "x-match".into(),
-                AMQPValue::LongString(LongString::from("all".as_bytes())),
-            );
-            Some(("".into(), arguments))
-        }
-        ExchangeType::Direct => None,
-    }
-}
-
-async fn declare_group_queue(
-    topic: &str,
-    channel: &Channel,
-    queue: &ShortString,
-) -> Result<(), BrokerError> {
-    let mut arguments = FieldTable::default();
-    arguments.insert(
-        "x-queue-type".into(),
-        AMQPValue::LongString(LongString::from("quorum".as_bytes())),
-    );
-    let options = QueueDeclareOptions {
-        durable: true,
-        ..QueueDeclareOptions::default()
-    };
-    channel
-        .queue_declare(queue.clone(), options, arguments)
-        .await
-        .map(drop)
-        .map_err(|e| {
-            declare_error(
-                topic,
-                &e,
-                &format!("queue {queue} (a durable quorum queue)"),
-            )
-        })
-}
-
-async fn check_group_queue(
-    topic: &str,
-    channel: &Channel,
-    queue: &ShortString,
-    exchange: &str,
-) -> Result<(), BrokerError> {
-    let options = QueueDeclareOptions {
-        passive: true,
-        ..QueueDeclareOptions::default()
-    };
-    match channel
-        .queue_declare(queue.clone(), options, FieldTable::default())
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(error) if soft_error(&error) == Some(AMQPSoftError::NOTFOUND) => {
-            Err(BrokerError::Topology {
-                topic: topic.to_owned(),
-                message: format!(
-                    "queue {queue} does not exist and provision is false: declare it and bind \
-                     it to exchange {exchange}, or set provision to true"
-                ),
-            })
-        }
-        Err(error) => Err(declare_error(topic, &error, &format!("queue {queue}"))),
-    }
-}
-
-/// A failed declaration or binding: a topology error when RabbitMQ refused it, a connection
-/// error otherwise.
-fn declare_error(topic: &str, error: &lapin::Error, what: &str) -> BrokerError {
-    let topology = |message: String| BrokerError::Topology {
-        topic: topic.to_owned(),
-        message,
-    };
-    match soft_error(error) {
-        Some(AMQPSoftError::PRECONDITIONFAILED) => {
-            topology(format!("{what} exists with other settings: {error}"))
-        }
-        Some(AMQPSoftError::NOTFOUND) => topology(format!("{what}: {error}")),
-        Some(AMQPSoftError::ACCESSREFUSED) => {
-            topology(format!("not allowed to declare {what}: {error}"))
-        }
-        _ => lapin_error(topic, error),
-    }
-}
-
-/// Publishes one message through the default exchange to `queue` (mandatory, so a missing
-/// queue comes back) and waits for the confirm.
-async fn publish(
-    channel: &Channel,
-    queue: &str,
-    body: &[u8],
-    properties: BasicProperties,
-) -> Result<Published, lapin::Error> {
-    let confirm = channel
-        .basic_publish(
-            "".into(),
-            ShortString::from(queue),
-            BasicPublishOptions {
-                mandatory: true,
-                immediate: false,
-            },
-            body,
-            properties,
-        )
-        .await?
-        .await?;
-    Ok(match confirm {
-        Confirmation::Ack(None) => Published::Confirmed,
-        Confirmation::Ack(Some(_)) => Published::Returned,
-        Confirmation::Nack(_) | Confirmation::NotRequested => Published::Refused,
-    })
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {

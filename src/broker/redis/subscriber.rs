@@ -308,6 +308,20 @@ impl RedisSubscriber {
         }
     }
 
+    fn entry_id<'a>(&self, delivery: &'a Delivery) -> Result<&'a str, BrokerError> {
+        delivery
+            .token
+            .downcast_ref::<EntryToken>()
+            .map(|token| token.id.as_str())
+            .ok_or_else(|| BrokerError::Publish {
+                topic: self.topic.clone(),
+                message: format!(
+                    "delivery {:?} was not received from a redis subscriber",
+                    delivery.id
+                ),
+            })
+    }
+
     fn lock_held(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
         self.held.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -493,22 +507,6 @@ impl Subscriber for RedisSubscriber {
         if let Err(error) = forgotten {
             tracing::debug!(topic = %self.topic, %error, "cannot remove the consumer from the group");
         }
-    }
-}
-
-impl RedisSubscriber {
-    fn entry_id<'a>(&self, delivery: &'a Delivery) -> Result<&'a str, BrokerError> {
-        delivery
-            .token
-            .downcast_ref::<EntryToken>()
-            .map(|token| token.id.as_str())
-            .ok_or_else(|| BrokerError::Publish {
-                topic: self.topic.clone(),
-                message: format!(
-                    "delivery {:?} was not received from a redis subscriber",
-                    delivery.id
-                ),
-            })
     }
 }
 

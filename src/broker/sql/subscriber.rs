@@ -158,9 +158,8 @@ impl SqlSubscriber {
         error
     }
 
-    fn succeeded<T>(&self, value: T) -> T {
+    fn succeeded(&self) {
         self.connected.store(true, Ordering::Relaxed);
-        value
     }
 
     fn lease_of(&self, delivery: &Delivery) -> Result<Lease, BrokerError> {
@@ -227,7 +226,7 @@ impl Subscriber for SqlSubscriber {
                     .claim(room, self.compaction_due())
                     .await
                     .map_err(|error| self.failed(error))?;
-                self.succeeded(());
+                self.succeeded();
                 if !rows.is_empty() {
                     let mut held = self.held();
                     held.extend(rows.iter().map(|row| (row.lease.seq, row.lease.attempt)));
@@ -255,7 +254,8 @@ impl Subscriber for SqlSubscriber {
             tracing::debug!(topic = %self.topic, id = %delivery.id, seq = lease.seq, "acked a message already done for the group");
         }
         self.settled(lease);
-        Ok(self.succeeded(()))
+        self.succeeded();
+        Ok(())
     }
 
     async fn retry(&self, delivery: &Delivery, delay: Duration) -> Result<(), BrokerError> {
@@ -271,7 +271,8 @@ impl Subscriber for SqlSubscriber {
             tracing::debug!(topic = %self.topic, id = %delivery.id, seq = lease.seq, attempt = lease.attempt, "retry of a lease no longer held; left to its holder");
         }
         self.settled(lease);
-        Ok(self.succeeded(()))
+        self.succeeded();
+        Ok(())
     }
 
     async fn extend(&self, delivery: &Delivery) -> Result<(), BrokerError> {
@@ -284,15 +285,17 @@ impl Subscriber for SqlSubscriber {
         if !changed {
             tracing::warn!(topic = %self.topic, id = %delivery.id, seq = lease.seq, attempt = lease.attempt, "lease lost before it was extended: another member may deliver this message too");
         }
-        Ok(self.succeeded(()))
+        self.succeeded();
+        Ok(())
     }
 
     async fn lag(&self) -> Result<BrokerLag, BrokerError> {
         let lag = self.store.lag().await.map_err(|error| self.failed(error))?;
-        Ok(self.succeeded(BrokerLag {
+        self.succeeded();
+        Ok(BrokerLag {
             messages: u64::try_from(lag.messages).unwrap_or(0),
             oldest_age: lag.oldest_age,
-        }))
+        })
     }
 
     fn connected(&self) -> bool {

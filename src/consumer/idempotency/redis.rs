@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use redis::{AsyncCommands, aio::ConnectionManager};
+use redis::aio::ConnectionManager;
 
 use super::{Claim, IdempotencyError, IdempotencyStore, first_occurrences, spread};
 
@@ -92,11 +92,21 @@ impl IdempotencyStore for RedisIdempotency {
     }
 
     async fn release(&self, ids: &[String]) -> Result<(), IdempotencyError> {
-        // Only the holder of a claim releases it, and only after a failed attempt, so the key
-        // holds `claimed`: deleting it cannot remove a `done`.
-        let keys: Vec<String> = ids.iter().map(|id| self.key(id)).collect();
+        // Compare and delete in one step on the server: a `done` (another copy delivered it
+        // meanwhile) must survive a late release.
+        let script = redis::Script::new(
+            "for _, key in ipairs(KEYS) do \
+                 if redis.call('GET', key) == ARGV[1] then redis.call('DEL', key) end \
+             end \
+             return 0",
+        );
+        let mut invocation = script.prepare_invoke();
+        for id in ids {
+            invocation.key(self.key(id));
+        }
+        invocation.arg(CLAIMED);
         let mut connection = self.connection.clone();
-        let _: i64 = connection.del(keys).await?;
+        let _: i64 = invocation.invoke_async(&mut connection).await?;
         Ok(())
     }
 }

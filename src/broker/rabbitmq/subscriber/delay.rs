@@ -19,7 +19,7 @@ use lapin::types::{AMQPValue, FieldTable, LongString};
 const STEPS_PER_DECADE: [u64; 7] = [10, 15, 20, 30, 40, 50, 70];
 /// The shortest delay queue. A shorter delay sends the copy straight back to the group's queue:
 /// at this scale the time to publish, route and deliver is the delay.
-const SHORTEST: Duration = Duration::from_millis(100);
+const SHORTEST: Duration = Duration::from_millis(10);
 /// The longest delay queue; longer delays are rounded down to it.
 const LONGEST: Duration = Duration::from_secs(24 * 60 * 60);
 /// How long an unused delay queue outlives its last declaration beyond its delay: it must
@@ -34,7 +34,7 @@ pub const RENEW_AFTER: Duration = Duration::from_secs(60);
 
 /// Every delay of the grid, shortest first.
 pub fn grid() -> impl Iterator<Item = Duration> {
-    let decades = (2..=7u32).map(|exponent| 10u64.pow(exponent));
+    let decades = (1..=7u32).map(|exponent| 10u64.pow(exponent));
     decades
         .flat_map(|decade| {
             STEPS_PER_DECADE
@@ -87,7 +87,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_grid_runs_from_100_ms_to_a_day_in_steps_of_at_most_half() {
+    fn the_grid_runs_from_10_ms_to_a_day_in_steps_of_at_most_half() {
         let grid: Vec<Duration> = grid().collect();
         assert_eq!(grid.first(), Some(&SHORTEST));
         assert_eq!(grid.last(), Some(&LONGEST));
@@ -98,14 +98,16 @@ mod tests {
                 "{pair:?}"
             );
         }
-        assert_eq!(grid.len(), 43);
+        assert_eq!(grid.len(), 50);
     }
 
     #[test]
     fn a_delay_is_rounded_down_to_the_grid_and_never_exceeds_the_request() {
         let ms = Duration::from_millis;
         assert_eq!(quantise(ms(0)), None);
-        assert_eq!(quantise(ms(99)), None);
+        assert_eq!(quantise(ms(9)), None);
+        assert_eq!(quantise(ms(10)), Some(ms(10)));
+        assert_eq!(quantise(ms(99)), Some(ms(70)));
         assert_eq!(quantise(ms(100)), Some(ms(100)));
         assert_eq!(quantise(ms(1_499)), Some(ms(1_000)));
         assert_eq!(quantise(ms(1_500)), Some(ms(1_500)));

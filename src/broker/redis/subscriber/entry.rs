@@ -15,12 +15,14 @@ pub(super) struct EntryToken {
     pub id: String,
 }
 
+/// An entry's field names and values, in the order the entry stores them.
+type Fields = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// One entry read from the stream, with what the subscriber knows about its deliveries.
 #[derive(Debug)]
 pub(super) struct Entry {
     pub id: String,
-    /// Field names and values in the order the entry stores them.
-    pub fields: Vec<(Vec<u8>, Vec<u8>)>,
+    pub fields: Fields,
     pub attempt: u32,
     /// Claimed again (a due retry or a takeover) rather than read for the first time.
     pub redelivered: bool,
@@ -133,7 +135,7 @@ pub(super) fn parse_claimed(reply: Value) -> Result<Vec<Entry>, String> {
 }
 
 /// A flat `[name, value, name, value, ...]` array.
-fn parse_fields(fields: Value) -> Result<Vec<(Vec<u8>, Vec<u8>)>, String> {
+fn parse_fields(fields: Value) -> Result<Fields, String> {
     let values = array(fields, "the fields of an entry")?;
     let mut pairs = Vec::with_capacity(values.len() / 2);
     let mut values = values.into_iter();

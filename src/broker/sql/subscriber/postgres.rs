@@ -9,17 +9,19 @@
 //! has no delivery row, wherever its `seq` is. Only compaction, which folds done rows into
 //! `done_through` and deletes them, must never pass a `seq` that could still commit. It stops
 //! at the group's `horizon`, a `seq` at and below which every row that will ever exist is
-//! visible, established in three steps a compaction apart:
+//! visible, which moves in two steps:
 //!
-//! 1. mark: `mark_seq` = the highest visible `seq` of the queue, at `mark_at`. A row still to
-//!    commit below it took its `seq` before the row holding `mark_seq` did, so before then.
-//! 2. `SETTLE` later: `mark_xmax` = the first transaction id not yet assigned. Every writer
-//!    that took a `seq` up to `mark_seq` has had an id for a while by then (an INSERT assigns
-//!    one microseconds after taking its `seq`), and it is below `mark_xmax`.
-//! 3. once the oldest running transaction is at or past `mark_xmax`, all of those writers have
-//!    committed or rolled back: `horizon` = `mark_seq`, and a new mark starts.
+//! 1. mark: `mark_seq` = the highest visible `seq` of the queue, and `mark_writers` = the
+//!    transactions that hold a `RowExclusiveLock` on the queue table (from `pg_locks`, which
+//!    every role can read). A row still to commit below `mark_seq` took its `seq` before the
+//!    row holding `mark_seq` did; its writer locked the table before taking it, and holds the
+//!    lock until it ends, so it is one of `mark_writers`.
+//! 2. once none of `mark_writers` runs any more (and no prepared transaction holds the table,
+//!    as a writer that prepares changes its id), each has committed or rolled back:
+//!    `horizon` = `mark_seq`. With no writer at the mark, that is at once.
 //!
-//! A long transaction in the database holds compaction back, never delivery.
+//! A long transaction writing to the queue table holds compaction back, never delivery; other
+//! transactions do not matter.
 
 use std::{str::FromStr, sync::Arc, time::Duration};
 
@@ -40,8 +42,6 @@ use crate::broker::BrokerError;
 /// The receive loop holds one connection for a claim; the others serve acks, retries and
 /// extends from the consumer's workers concurrently.
 const MAX_CONNECTIONS: u32 = 4;
-/// How long after marking a `seq` the transaction-id bound is read (step 2 above).
-const SETTLE: Duration = Duration::from_secs(1);
 
 /// The statements, written once with the table names in them.
 struct Statements {
@@ -53,7 +53,6 @@ struct Statements {
     lease_fresh: Arc<str>,
     fetch: Arc<str>,
     mark: Arc<str>,
-    mark_xmax: Arc<str>,
     settle: Arc<str>,
     first_not_done: Arc<str>,
     forget_done: Arc<str>,
@@ -74,15 +73,18 @@ impl Statements {
              AND d.seq = q.seq AND d.done"
         );
         let lease_until = "now() + $4 * interval '1 millisecond'";
+        // Locks on the queue table; relation ids are per database.
+        let queue_locks = format!(
+            "l.locktype = 'relation' AND l.relation = '{queue}'::regclass \
+             AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        );
         let text = |sql: String| Arc::<str>::from(sql);
         Self {
             register: text(format!(
                 "INSERT INTO {groups} (group_name, queue) VALUES ($1, $2) ON CONFLICT DO NOTHING"
             )),
             lock_group: text(format!(
-                "SELECT done_through, horizon, mark_seq, mark_xmax, \
-                 mark_at <= now() - $3 * interval '1 millisecond' \
-                 FROM {groups} WHERE {this_group} FOR UPDATE"
+                "SELECT done_through, horizon FROM {groups} WHERE {this_group} FOR UPDATE"
             )),
             due: text(format!(
                 "SELECT seq FROM {deliveries} WHERE {this_group} AND NOT done AND due_at <= now() \
@@ -111,18 +113,17 @@ impl Statements {
             )),
             mark: text(format!(
                 "UPDATE {groups} SET mark_seq = (SELECT max(seq) FROM {queue} WHERE queue = $2), \
-                 mark_at = now(), mark_xmax = NULL WHERE {this_group}"
-            )),
-            mark_xmax: text(format!(
-                "UPDATE {groups} SET mark_xmax = pg_snapshot_xmax(pg_current_snapshot())::text::bigint \
-                 WHERE {this_group}"
+                 mark_writers = ARRAY(SELECT l.virtualtransaction FROM pg_locks l \
+                 WHERE {queue_locks} AND l.mode = 'RowExclusiveLock') \
+                 WHERE {this_group} AND mark_seq IS NULL"
             )),
             settle: text(format!(
-                "UPDATE {groups} SET horizon = GREATEST(horizon, mark_seq), \
-                 mark_seq = (SELECT max(seq) FROM {queue} WHERE queue = $2), \
-                 mark_at = now(), mark_xmax = NULL \
-                 WHERE {this_group} \
-                 AND pg_snapshot_xmin(pg_current_snapshot())::text::bigint >= mark_xmax \
+                "UPDATE {groups} SET horizon = GREATEST(horizon, mark_seq), mark_seq = NULL, \
+                 mark_writers = NULL WHERE {this_group} AND mark_seq IS NOT NULL \
+                 AND NOT EXISTS (SELECT 1 FROM pg_locks l \
+                 WHERE l.virtualtransaction = ANY(mark_writers)) \
+                 AND NOT EXISTS (SELECT 1 FROM pg_locks l \
+                 WHERE {queue_locks} AND l.virtualtransaction LIKE '-1/%') \
                  RETURNING horizon"
             )),
             first_not_done: text(format!(
@@ -164,9 +165,8 @@ impl Statements {
     }
 }
 
-/// The group's row as a claim locks it: `done_through`, `horizon`, `mark_seq`, `mark_xmax`,
-/// and whether `SETTLE` has passed since `mark_at`.
-type GroupRow = (i64, i64, Option<i64>, Option<i64>, Option<bool>);
+/// The group's row as a claim locks it: `done_through` and `horizon`.
+type GroupRow = (i64, i64);
 
 /// A claimed row: `seq`, `attempt`, `id`, `message_key`, `headers`, `body`, `enqueued_at`.
 type FetchedRow = (i64, i32, String, String, String, Vec<u8>, DateTime<Utc>);
@@ -226,36 +226,26 @@ impl PostgresStore {
         Ok(Self { pool, group, sql })
     }
 
-    /// Moves the horizon one step (see the module docs), then folds the done messages at the
-    /// bottom of the group's backlog, up to the horizon, into `done_through`.
+    /// Marks the queue unless a mark is pending and moves the horizon to the mark once its
+    /// writers have ended (see the module docs), then folds the done messages at the bottom of
+    /// the group's backlog, up to the horizon, into `done_through`.
     async fn compact(
         &self,
         connection: &mut PgConnection,
-        (done_through, mut horizon, mark_seq, mark_xmax, settled): GroupRow,
+        (done_through, horizon): GroupRow,
     ) -> Result<(), sqlx::Error> {
         let Group { name, queue, .. } = &self.group;
-        let step = match (mark_seq, mark_xmax) {
-            (None, _) => Some(&self.sql.mark),
-            (Some(_), None) if settled == Some(true) => Some(&self.sql.mark_xmax),
-            (Some(_), None) => None,
-            (Some(_), Some(_)) => {
-                let settled: Option<i64> =
-                    sqlx::query_scalar(AssertSqlSafe(self.sql.settle.clone()))
-                        .bind(name)
-                        .bind(queue)
-                        .fetch_optional(&mut *connection)
-                        .await?;
-                horizon = settled.unwrap_or(horizon);
-                None
-            }
-        };
-        if let Some(step) = step {
-            sqlx::query(AssertSqlSafe(step.clone()))
-                .bind(name)
-                .bind(queue)
-                .execute(&mut *connection)
-                .await?;
-        }
+        sqlx::query(AssertSqlSafe(self.sql.mark.clone()))
+            .bind(name)
+            .bind(queue)
+            .execute(&mut *connection)
+            .await?;
+        let settled: Option<i64> = sqlx::query_scalar(AssertSqlSafe(self.sql.settle.clone()))
+            .bind(name)
+            .bind(queue)
+            .fetch_optional(&mut *connection)
+            .await?;
+        let horizon = settled.unwrap_or(horizon);
         if horizon <= done_through {
             return Ok(());
         }
@@ -327,7 +317,6 @@ impl GroupStore for PostgresStore {
         let group: GroupRow = sqlx::query_as(AssertSqlSafe(self.sql.lock_group.clone()))
             .bind(name)
             .bind(queue)
-            .bind(millis(SETTLE))
             .fetch_optional(&mut *tx)
             .await?
             .ok_or(sqlx::Error::RowNotFound)?;

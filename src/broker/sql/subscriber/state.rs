@@ -61,7 +61,7 @@ pub(super) fn state_schema(engine: Engine, tables: &StateTables) -> Vec<String> 
             format!(
                 "CREATE TABLE IF NOT EXISTS {groups} (group_name TEXT NOT NULL, queue TEXT NOT NULL, \
                  done_through BIGINT NOT NULL DEFAULT 0, horizon BIGINT NOT NULL DEFAULT 0, \
-                 mark_seq BIGINT, mark_at TIMESTAMPTZ, mark_xmax BIGINT, \
+                 mark_seq BIGINT, mark_writers TEXT[], \
                  PRIMARY KEY (group_name, queue))"
             ),
             format!(
@@ -92,9 +92,7 @@ pub(super) fn state_schema(engine: Engine, tables: &StateTables) -> Vec<String> 
 /// is missing.
 pub(super) fn state_probes(engine: Engine, tables: &StateTables) -> Vec<String> {
     let group_columns = match engine {
-        Engine::Postgres => {
-            "group_name, queue, done_through, horizon, mark_seq, mark_at, mark_xmax"
-        }
+        Engine::Postgres => "group_name, queue, done_through, horizon, mark_seq, mark_writers",
         Engine::Sqlite => "group_name, queue, done_through",
     };
     let delivery_columns = "group_name, queue, seq, attempt, due_at, leased_by, leased_until, done";
