@@ -35,6 +35,9 @@ pub enum BrokerError {
     /// The broker answered something unexpected, or did not confirm in time.
     #[error("topic {topic}: {message}")]
     Publish { topic: String, message: String },
+    /// Receiving or settling a message failed (a consumer-side protocol error or timeout).
+    #[error("topic {topic}: {message}")]
+    Receive { topic: String, message: String },
 }
 
 impl BrokerError {
@@ -45,6 +48,7 @@ impl BrokerError {
             Self::Connection { .. } => "connection",
             Self::Topology { .. } => "topology",
             Self::Publish { .. } => "publish",
+            Self::Receive { .. } => "receive",
         }
     }
 }

@@ -7,7 +7,7 @@ use ferry::{
     api::{DatabaseEngine, Duration as ApiDuration},
     config::{DatabaseConfig, IdempotencyConfig, SecretSource},
     consumer::{
-        idempotency::{self, Claim, IdempotencyStore},
+        idempotency::{self, Claim},
         inbox::{Inbox, inbox_ddl},
     },
 };

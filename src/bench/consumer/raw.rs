@@ -105,6 +105,9 @@ async fn rabbitmq(url: &str, queue: &str, prefetch: u32, messages: u64) -> Resul
         delivery.ack(BasicAckOptions::default()).await?;
         acked += 1;
     }
+    // `basic.ack` has no reply; the reply to closing the channel comes after the server has
+    // processed every frame sent before it on the channel, the acks included.
+    channel.close(200, "drained".into()).await?;
     let _ = connection.close(200, "done".into()).await;
     Ok(())
 }

@@ -151,7 +151,7 @@ mod tests {
         assert_eq!(
             lines.next(),
             Some(
-                "broker  dedup     messages  raw msgs/s  consumer msgs/s  consumer/raw  consumer peak RSS MiB"
+                "broker     dedup  messages  raw msgs/s  consumer msgs/s  consumer/raw  consumer peak RSS MiB"
             )
         );
         assert_eq!(

@@ -143,7 +143,7 @@ impl NatsSubscriber {
                         settlement.stream_sequence, self.consumer
                     ),
                 },
-                RequestErrorKind::TimedOut => BrokerError::Publish {
+                RequestErrorKind::TimedOut => BrokerError::Receive {
                     topic: self.topic.clone(),
                     message: format!(
                         "the server did not confirm the {what} of stream message {} in time",
@@ -182,7 +182,7 @@ fn settlement<'a>(topic: &str, delivery: &'a Delivery) -> Result<&'a Settlement,
     delivery
         .token
         .downcast_ref::<Settlement>()
-        .ok_or_else(|| BrokerError::Publish {
+        .ok_or_else(|| BrokerError::Receive {
             topic: topic.to_owned(),
             message: format!(
                 "delivery {} was not received from NATS and cannot be settled here",

@@ -62,7 +62,7 @@ use std::{
         Arc, Mutex, MutexGuard, PoisonError,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use async_trait::async_trait;
@@ -276,8 +276,53 @@ impl RabbitMqSubscriber {
         }
     }
 
+    /// Publishes a copy of `delivery` to the delay queue for `delay` (rounded down to the grid)
+    /// as attempt `attempt` due at `due`, waits for its confirm, then acks the original.
+    async fn send_copy(
+        &self,
+        delivery: &Delivery,
+        delay: Duration,
+        attempt: u32,
+        due: SystemTime,
+    ) -> Result<(), BrokerError> {
+        let settlement = self.settlement(delivery)?;
+        if settlement.acker.poisoned() {
+            return Err(self.channel_lost());
+        }
+        if !settlement.acker.usable() {
+            return Err(self.failure("the delivery was already settled".into()));
+        }
+        let properties =
+            headers::with_due(headers::retry_properties(&settlement.properties, attempt), due);
+        let channel = self.retry_channel().await?;
+        let published = tokio::time::timeout(
+            PUBLISH_TIMEOUT,
+            self.publish_copy(&channel, delay::quantise(delay), &delivery.body, properties),
+        )
+        .await
+        .map_err(|_| {
+            self.failure(format!(
+                "no confirm for a retry copy within {}s",
+                PUBLISH_TIMEOUT.as_secs()
+            ))
+        })?;
+        // Only a channel whose publish was answered goes back: a late confirm or return would
+        // be taken for the next copy's.
+        published?;
+        lock(&self.retry_channels).push(channel);
+        self.ack_original(settlement).await
+    }
+
+    /// How much of its wait a retry copy still has, when a delay queue can hold it for (part
+    /// of) that: grid delays round down, so a copy may come back early, and goes round again.
+    fn still_waiting(&self, delivery: &Delivery) -> Option<Duration> {
+        let due = headers::due(&self.settlement(delivery).ok()?.properties)?;
+        let remaining = due.duration_since(SystemTime::now()).ok()?;
+        delay::quantise(remaining).map(|_| remaining)
+    }
+
     fn failure(&self, message: String) -> BrokerError {
-        BrokerError::Publish {
+        BrokerError::Receive {
             topic: self.topic.clone(),
             message,
         }
@@ -340,7 +385,19 @@ impl Subscriber for RabbitMqSubscriber {
                 Err(_) => break,
             }
         }
-        Ok(received)
+        drop(incoming);
+        let mut due = Vec::with_capacity(received.len());
+        for delivery in received {
+            match self.still_waiting(&delivery) {
+                Some(remaining) => {
+                    let attempt = delivery.attempt;
+                    let at = SystemTime::now() + remaining;
+                    self.send_copy(&delivery, remaining, attempt, at).await?;
+                }
+                None => due.push(delivery),
+            }
+        }
+        Ok(due)
     }
 
     async fn ack(&self, delivery: &Delivery) -> Result<(), BrokerError> {
@@ -348,32 +405,9 @@ impl Subscriber for RabbitMqSubscriber {
     }
 
     async fn retry(&self, delivery: &Delivery, delay: Duration) -> Result<(), BrokerError> {
-        let settlement = self.settlement(delivery)?;
-        if settlement.acker.poisoned() {
-            return Err(self.channel_lost());
-        }
-        if !settlement.acker.usable() {
-            return Err(self.failure("the delivery was already settled".into()));
-        }
-        let properties =
-            headers::retry_properties(&settlement.properties, delivery.attempt.saturating_add(1));
-        let channel = self.retry_channel().await?;
-        let published = tokio::time::timeout(
-            PUBLISH_TIMEOUT,
-            self.publish_copy(&channel, delay::quantise(delay), &delivery.body, properties),
-        )
-        .await
-        .map_err(|_| {
-            self.failure(format!(
-                "no confirm for a retry copy within {}s",
-                PUBLISH_TIMEOUT.as_secs()
-            ))
-        })?;
-        // Only a channel whose publish was answered goes back: a late confirm or return would
-        // be taken for the next copy's.
-        published?;
-        lock(&self.retry_channels).push(channel);
-        self.ack_original(settlement).await
+        let due = SystemTime::now() + delay;
+        self.send_copy(delivery, delay, delivery.attempt.saturating_add(1), due)
+            .await
     }
 
     async fn lag(&self) -> Result<BrokerLag, BrokerError> {

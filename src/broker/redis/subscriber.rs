@@ -302,7 +302,7 @@ impl RedisSubscriber {
     }
 
     fn unexpected(&self, detail: String) -> BrokerError {
-        BrokerError::Publish {
+        BrokerError::Receive {
             topic: self.topic.clone(),
             message: format!("unexpected reply from redis: {detail}"),
         }
@@ -313,7 +313,7 @@ impl RedisSubscriber {
             .token
             .downcast_ref::<EntryToken>()
             .map(|token| token.id.as_str())
-            .ok_or_else(|| BrokerError::Publish {
+            .ok_or_else(|| BrokerError::Receive {
                 topic: self.topic.clone(),
                 message: format!(
                     "delivery {:?} was not received from a redis subscriber",

@@ -167,7 +167,7 @@ impl SqlSubscriber {
             .token
             .downcast_ref::<Lease>()
             .copied()
-            .ok_or_else(|| BrokerError::Publish {
+            .ok_or_else(|| BrokerError::Receive {
                 topic: self.topic.clone(),
                 message: format!(
                     "delivery {} was not received from a SQL queue subscriber",

@@ -11,6 +11,10 @@ use crate::message::CONTENT_TYPE;
 
 /// Ferry's attempt counter on a retry's copy: the attempt that copy is (2 after the first retry).
 pub const ATTEMPT_HEADER: &str = "x-ferry-attempt";
+/// When a retry copy is due, in milliseconds since the Unix epoch. A delay queue holds a copy
+/// for a grid delay at most as long as asked; a copy that comes back before this time goes
+/// round again for the rest (see `RabbitMqSubscriber::receive`).
+pub const DUE_HEADER: &str = "x-ferry-due";
 
 /// Headers RabbitMQ adds by itself: `x-delivery-count` (a quorum queue's count of returns),
 /// `x-death` and the `x-first-death-*` / `x-last-death-*` summary (dead-lettering, which is how a
@@ -93,6 +97,26 @@ pub fn published_at(properties: &BasicProperties) -> Option<DateTime<Utc>> {
 /// Two properties are not copied: a per-message `expiration`, which would end the wait in the
 /// delay queue early, and `user-id`, which RabbitMQ checks against the user of the publishing
 /// connection and which would make another user's message impossible to retry.
+/// When the copy is due, if it is a retry copy.
+pub fn due(properties: &BasicProperties) -> Option<std::time::SystemTime> {
+    let value = properties.headers().as_ref()?.inner().get(DUE_HEADER)?;
+    let millis: u64 = text(value)?.parse().ok()?;
+    Some(std::time::UNIX_EPOCH + std::time::Duration::from_millis(millis))
+}
+
+/// `properties` with the due time set.
+pub fn with_due(properties: BasicProperties, due: std::time::SystemTime) -> BasicProperties {
+    let millis = due
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_millis());
+    let mut headers = properties.headers().clone().unwrap_or_default();
+    headers.insert(
+        ShortString::from(DUE_HEADER),
+        AMQPValue::LongString(LongString::from(millis.to_string().as_bytes())),
+    );
+    properties.with_headers(headers)
+}
+
 pub fn retry_properties(original: &BasicProperties, attempt: u32) -> BasicProperties {
     let mut headers: FieldTable = original
         .headers()
@@ -303,6 +327,15 @@ mod tests {
             .map(|table| table.inner().keys().map(ShortString::as_str).collect())
             .unwrap_or_default();
         assert_eq!(names, ["ce-id", "x-ferry-attempt"]);
+    }
+
+    #[test]
+    fn the_due_time_round_trips_and_stays_out_of_delivery_headers() {
+        let due = std::time::UNIX_EPOCH + std::time::Duration::from_millis(1_764_470_000_123);
+        let copy = with_due(retry_properties(&properties(&[]), 2), due);
+        assert_eq!(super::due(&copy), Some(due));
+        assert!(delivery_headers(&copy).iter().all(|(name, _)| name != DUE_HEADER));
+        assert_eq!(super::due(&properties(&[])), None);
     }
 
     #[test]
