@@ -56,3 +56,25 @@ fn every_example_passes_the_generated_schemas_and_ferry_validation() {
     let problems: Vec<String> = admitted.problems.iter().map(ToString::to_string).collect();
     assert!(problems.is_empty(), "{problems:#?}");
 }
+
+#[test]
+fn the_orders_consumer_resolves_into_a_config_without_secret_values() {
+    let documents = manifest::load(&[examples().join("orders")]).expect("example loads");
+    let admitted = admit(&documents, "default", SecretCheck::Skip);
+    let config = ferry::config::resolve_consumer(
+        &admitted.catalog,
+        "shop",
+        "inventory",
+        &ferry::config::secret_from_env,
+    )
+    .expect("the inventory consumer resolves");
+    assert_eq!(config.consumer.group(), "ferry.shop.inventory");
+    assert_eq!(config.event_types, ["order.created", "order.cancelled"]);
+    assert_eq!(config.sink.timeout, ferry::api::Duration::from_secs(10));
+    assert!(config.dead_letter.is_some() && config.idempotency.is_some());
+    let yaml = ferry::config::to_yaml(&config).expect("config YAML");
+    assert!(yaml.contains("env: FERRY_SECRET_"), "{yaml}");
+    let round_trip: ferry::config::ConsumerConfig =
+        ferry::config::from_yaml(&yaml).expect("the YAML reads back");
+    assert_eq!(round_trip, config);
+}

@@ -221,3 +221,37 @@ metadata: {name: orders}
         "{problems:#?}"
     );
 }
+
+#[test]
+fn per_key_ordering_with_several_replicas_needs_rabbitmq() {
+    let consumer = |broker: &str| {
+        format!(
+            "
+apiVersion: ferry.dev/v1alpha1
+kind: BrokerTopic
+metadata: {{name: orders}}
+spec:
+  broker: {broker}
+  connection: {{secretRef: {{name: broker}}}}
+---
+apiVersion: ferry.dev/v1alpha1
+kind: Consumer
+metadata: {{name: inventory}}
+spec:
+  topicRef: {{name: orders}}
+  sink: {{url: 'http://inventory:8080/events'}}
+  ordering: PerKey
+  workload: {{replicas: 3}}
+"
+        )
+    };
+    let nats = problems(&admit_yaml(&consumer("nats"), SecretCheck::Skip));
+    assert_eq!(nats.len(), 1, "{nats:#?}");
+    assert!(
+        nats[0].contains("Consumer shop/inventory: spec.workload.replicas: ordering PerKey keeps order within one replica"),
+        "{nats:#?}"
+    );
+    assert!(nats[0].contains("nats consumer"), "{nats:#?}");
+    let rabbitmq = problems(&admit_yaml(&consumer("rabbitmq"), SecretCheck::Skip));
+    assert_eq!(rabbitmq, Vec::<String>::new(), "RabbitMQ keeps one replica active");
+}

@@ -115,6 +115,7 @@ fn settings(group: &str) -> SubscriptionConfig {
         prefetch: 64,
         ack_timeout: Duration::from_secs(30),
         provision: true,
+        single_active: false,
     }
 }
 

@@ -88,7 +88,18 @@ impl Scene {
             prefetch,
             ack_timeout: Duration::from_secs(30),
             provision: true,
+            single_active: false,
         }
+    }
+
+    async fn subscribe_single_active(&self, group: &str, member: &str) -> RabbitMqSubscriber {
+        let subscription = SubscriptionConfig {
+            single_active: true,
+            ..self.subscription(group, member, 10)
+        };
+        RabbitMqSubscriber::connect("orders", URL, &self.target, &subscription)
+            .await
+            .expect("subscribe")
     }
 
     async fn subscribe(&self, group: &str, member: &str, prefetch: u32) -> RabbitMqSubscriber {
@@ -347,6 +358,29 @@ async fn members_of_one_group_share_its_messages_and_never_get_the_same_one() {
     for member in &members {
         member.close().await;
     }
+}
+
+/// With a single active consumer, only one member receives; the other takes over, in order,
+/// when it goes away. This is what keeps per-key order across replicas.
+#[tokio::test]
+async fn with_single_active_one_member_receives_and_the_other_takes_over() {
+    let scene = Scene::new(ExchangeType::Topic).await;
+    let group = scene.group();
+    let active = scene.subscribe_single_active(&group, "a").await;
+    let standby = scene.subscribe_single_active(&group, "b").await;
+    let envelopes = sample_envelopes(20, 2);
+    scene.publish(&envelopes[..10]).await;
+    let first = receive_count(&active, 10).await;
+    assert_nothing_arrives(&standby, Duration::from_millis(500)).await;
+    ack_all(&active, &first).await;
+    active.close().await;
+    scene.publish(&envelopes[10..]).await;
+    let rest = receive_count(&standby, 10).await;
+    let ids: Vec<&str> = rest.iter().map(|d| d.id.as_str()).collect();
+    let sent: Vec<&str> = envelopes[10..].iter().map(|e| e.id.as_str()).collect();
+    assert_eq!(ids, sent, "the standby member takes over in order");
+    ack_all(&standby, &rest).await;
+    standby.close().await;
 }
 
 #[tokio::test]

@@ -100,6 +100,7 @@ fn subscription(
         prefetch: 100,
         ack_timeout,
         provision,
+        single_active: false,
     }
 }
 

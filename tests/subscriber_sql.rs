@@ -115,6 +115,7 @@ impl Fixture {
             prefetch: 100,
             ack_timeout,
             provision,
+            single_active: false,
         };
         SqlSubscriber::connect(QUEUE, &self.url, &self.target(), &subscription).await
     }
@@ -341,6 +342,7 @@ async fn two_groups_each_get_every_message(fixture: Fixture) {
             prefetch: 100,
             ack_timeout: LONG_LEASE,
             provision: true,
+            single_active: false,
         };
         let subscriber = subscribe(&topic, &subscription).await.expect("subscribes");
         let received = receive_count(subscriber.as_ref(), 20, 20).await;
@@ -751,6 +753,7 @@ async fn an_unknown_url_scheme_is_a_connection_error() {
         prefetch: 10,
         ack_timeout: LONG_LEASE,
         provision: true,
+        single_active: false,
     };
     let target = SqlTarget {
         table: "ferry_queue".into(),

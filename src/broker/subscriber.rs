@@ -21,9 +21,10 @@ pub struct Delivery {
     pub key: String,
     /// `ce-type`, empty when absent.
     pub event_type: String,
-    /// Every header in the order the message carries them (`ce-*`, `content-type`,
-    /// `traceparent`, user headers), without broker-internal ones (Ferry's own retry headers,
-    /// `Nats-Msg-Id`).
+    /// Every header of the message (`ce-*`, `content-type`, `traceparent`, user headers),
+    /// without broker-internal ones (Ferry's own retry headers, `Nats-Msg-Id`). Values of one
+    /// name keep their order; the order across names is the broker's (NATS and AMQP header
+    /// tables do not keep the order they were written in, Redis and the `sql` queue do).
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
     /// Which delivery attempt this is for Ferry: 1 the first time, +1 after each `retry`. A
@@ -121,6 +122,11 @@ pub struct SubscriptionConfig {
     /// Declare what is missing (queue and binding, durable consumer, group, state table), or
     /// only check that it exists.
     pub provision: bool,
+    /// Only one member of the group receives at a time; the others stand by and take over when
+    /// it goes away, so the group keeps the broker's order across replicas. RabbitMQ declares
+    /// the queue as a single-active-consumer queue (fixed when the queue is created). Brokers
+    /// without such a mode ignore it; per-key ordering across replicas then needs one replica.
+    pub single_active: bool,
 }
 
 /// Receives one topic's messages for one consumer group, and settles each of them.

@@ -88,6 +88,8 @@ pub fn subscription(config: &ConsumerConfig, member: &str) -> SubscriptionConfig
         prefetch: (config.concurrency * 4).max(64),
         ack_timeout: ack_timeout(config),
         provision: config.topic.provision,
+        // Per-key order across replicas needs one receiving replica at a time.
+        single_active: config.ordering == crate::api::Ordering::PerKey,
     }
 }
 

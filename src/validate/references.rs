@@ -7,7 +7,7 @@ use k8s_openapi::api::core::v1::Secret;
 
 use super::{FieldError, FieldPath};
 use crate::api::{
-    BrokerTopic, Consumer, DeadLetterQueue, Kind, OutboxSource, RetryPolicy,
+    BrokerKind, BrokerTopic, Consumer, DeadLetterQueue, Kind, Ordering, OutboxSource, RetryPolicy,
     common::{Connection, ObjectRef},
 };
 
@@ -288,6 +288,19 @@ pub fn check_references(
                     reference.name, consumer.spec.topic_ref.name
                 )));
             }
+        }
+        let topic_broker = catalog
+            .broker_topics
+            .get(&(key.0.clone(), consumer.spec.topic_ref.name.clone()))
+            .map(|topic| topic.spec.broker);
+        if consumer.spec.ordering == Ordering::PerKey
+            && consumer.spec.workload.replicas > 1
+            && topic_broker.is_some_and(|broker| broker != BrokerKind::Rabbitmq)
+        {
+            resolver.errors.push(spec.child("workload").child("replicas").error(format!(
+                "ordering PerKey keeps order within one replica, and replicas of a {} consumer share messages without regard to their keys: set replicas to 1 (RabbitMQ consumers keep one replica active and the others on standby)",
+                topic_broker.map_or("", |broker| broker.as_str())
+            )));
         }
         report(Kind::Consumer, key, resolver.errors);
     }

@@ -171,7 +171,15 @@ impl RabbitMqSubscriber {
             .map_err(|e| lapin_error(topic, &e))?;
         match binding {
             Some(binding) if subscription.provision => {
-                topology::provision(topic, &channel, target, &queue, binding).await?;
+                topology::provision(
+                    topic,
+                    &channel,
+                    target,
+                    &queue,
+                    binding,
+                    subscription.single_active,
+                )
+                .await?;
             }
             _ => topology::check(topic, &channel, &queue, &target.exchange).await?,
         }

@@ -283,6 +283,7 @@ mod tests {
             prefetch: 10,
             ack_timeout: Duration::from_secs(30),
             provision: true,
+            single_active: false,
         };
         let wanted = wanted_config("ferry_shop_orders", &subscription);
         assert!(incompatibilities(&wanted).is_empty());

@@ -19,9 +19,10 @@ pub async fn provision(
     target: &RabbitMqTarget,
     queue: &ShortString,
     (routing_key, arguments): (ShortString, FieldTable),
+    single_active: bool,
 ) -> Result<(), BrokerError> {
     let exchange = declare_exchange(topic, channel, target, true).await?;
-    declare_quorum_queue(topic, channel, queue).await?;
+    declare_quorum_queue(topic, channel, queue, single_active).await?;
     channel
         .queue_bind(
             queue.clone(),
@@ -52,16 +53,22 @@ pub fn binding(kind: ExchangeType) -> Option<(ShortString, FieldTable)> {
     }
 }
 
+/// The queue's arguments are fixed when it is created: declaring it again with other ones
+/// (another queue type, single active consumer switched) fails with a topology error naming it.
 async fn declare_quorum_queue(
     topic: &str,
     channel: &Channel,
     queue: &ShortString,
+    single_active: bool,
 ) -> Result<(), BrokerError> {
     let mut arguments = FieldTable::default();
     arguments.insert(
         "x-queue-type".into(),
         AMQPValue::LongString(LongString::from("quorum".as_bytes())),
     );
+    if single_active {
+        arguments.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
+    }
     let options = QueueDeclareOptions {
         durable: true,
         ..QueueDeclareOptions::default()
@@ -74,7 +81,14 @@ async fn declare_quorum_queue(
             declare_error(
                 topic,
                 &e,
-                &format!("queue {queue} (a durable quorum queue)"),
+                &format!(
+                    "queue {queue} (a durable quorum queue{})",
+                    if single_active {
+                        " with single active consumer, for per-key ordering"
+                    } else {
+                        ""
+                    }
+                ),
             )
         })
 }
