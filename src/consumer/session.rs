@@ -147,6 +147,13 @@ async fn run_session(
         }
     }
     stop_receiving.cancel();
+    if let Err(error) = &outcome {
+        // Said at once: the deliveries still in progress may take a while to give up.
+        shared.health.set_broker(false);
+        shared
+            .health
+            .record_error(error.category(), error.to_string());
+    }
     // Deliveries in progress settle (ack, retry or dead letter) before the session ends; what
     // was received and not started is left to the broker, which hands it out again.
     while let Some(done) = running.join_next().await {
@@ -203,15 +210,47 @@ async fn receive(
     }
 }
 
-/// Asks the broker for the group's lag every few seconds, for `/status` and the metrics.
+/// Follows the broker's health for readiness, so that it turns false within seconds of an
+/// outage even with a client that reconnects by itself (NATS) and shows nothing in `receive`
+/// meanwhile: every second the client's own view of its connection, and every few seconds a
+/// round trip (the group's lag, for `/status` and the metrics too).
 async fn watch_lag(shared: Arc<Shared>, subscriber: Arc<dyn Subscriber>, stop: CancellationToken) {
+    let mut since_lag = LAG_INTERVAL;
+    let mut round_trip_ok = true;
     loop {
-        match subscriber.lag().await {
-            Ok(lag) => shared.metrics.record_lag(lag),
-            Err(error) => tracing::debug!(%error, "cannot read the consumer group's lag"),
+        if since_lag >= LAG_INTERVAL {
+            since_lag = Duration::ZERO;
+            round_trip_ok = match tokio::time::timeout(LAG_INTERVAL, subscriber.lag()).await {
+                Ok(Ok(lag)) => {
+                    shared.metrics.record_lag(lag);
+                    true
+                }
+                Ok(Err(error)) => {
+                    tracing::debug!(%error, "cannot read the consumer group's lag");
+                    false
+                }
+                Err(_) => false,
+            };
         }
-        if !sleep_or_stop(LAG_INTERVAL, &stop).await {
+        let connected = round_trip_ok && subscriber.connected();
+        if connected != shared.health.broker() {
+            shared.health.set_broker(connected);
+            if connected {
+                tracing::info!("the broker answers again");
+            } else {
+                shared
+                    .health
+                    .record_error("connection", "the broker does not answer; reconnecting");
+                tracing::warn!("the broker does not answer; the client is reconnecting");
+            }
+        }
+        if !sleep_or_stop(Duration::from_secs(1), &stop).await {
             return;
+        }
+        since_lag += Duration::from_secs(1);
+        if !round_trip_ok {
+            // While the broker is away, try the round trip every second to notice its return.
+            since_lag = LAG_INTERVAL;
         }
     }
 }

@@ -150,3 +150,55 @@ pub async fn retry_after_is_honoured_up_to_the_cap(broker: Broker) {
     consumer.stop().await;
     pipeline.cleanup().await;
 }
+
+/// The broker (a private server) restarted while the consumer delivers: readiness goes false,
+/// the consumer reconnects by itself, everything is delivered, and nothing takes effect twice.
+pub async fn a_broker_restart_under_load_loses_nothing(broker: Broker) {
+    use crate::support::servers::{PrivateNats, PrivateRedis};
+    enum Server {
+        Nats(PrivateNats),
+        Redis(PrivateRedis),
+    }
+    let mut server = match broker {
+        Broker::Nats => Server::Nats(PrivateNats::launch().await.expect("start nats-server")),
+        Broker::Redis => Server::Redis(PrivateRedis::launch().await.expect("start redis-server")),
+        other => panic!("no private server for {other:?} in this test"),
+    };
+    let url = match &server {
+        Server::Nats(nats) => nats.url(),
+        Server::Redis(redis) => redis.url(),
+    };
+    let pipeline = Pipeline::at(broker, &url);
+    let sink = Sink::start(Behaviour {
+        delay: Duration::from_millis(10),
+        ..Behaviour::default()
+    })
+    .await;
+    let consumer = Running::start(pipeline.config(&sink.url(), 1000, Ordering::None)).await;
+    let envelopes = sample_envelopes(300, 30);
+    pipeline.publish(&envelopes).await;
+    sink.wait_for(DEADLINE, "some deliveries", |sink| sink.delivered().len() >= 50)
+        .await;
+    match &mut server {
+        Server::Nats(nats) => nats.stop().await.expect("stop nats-server"),
+        Server::Redis(redis) => redis.stop().await.expect("stop redis-server"),
+    }
+    consumer
+        .wait_status("readiness to turn false", |status| status["ready"] == false)
+        .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    match &mut server {
+        Server::Nats(nats) => nats.start().await.expect("restart nats-server"),
+        Server::Redis(redis) => redis.start().await.expect("restart redis-server"),
+    }
+    sink.wait_for(DEADLINE, "every message to take effect", |sink| {
+        sink.delivered().len() == envelopes.len()
+    })
+    .await;
+    consumer
+        .wait_status("readiness again", |status| status["ready"] == true)
+        .await;
+    assert_eq!(sink.applied_twice(), Vec::<String>::new(), "effects applied twice");
+    consumer.stop().await;
+    pipeline.cleanup().await;
+}

@@ -46,6 +46,14 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
+    /// A pipeline whose broker is the server at `url` (a private instance) instead of the
+    /// shared one.
+    pub fn at(broker: Broker, url: &str) -> Self {
+        let mut pipeline = Self::new(broker);
+        pipeline.topic.url = SecretSource::Value(url.to_owned());
+        pipeline
+    }
+
     pub fn new(broker: Broker) -> Self {
         let name = unique_name("c");
         let target = match broker {

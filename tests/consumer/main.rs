@@ -58,6 +58,16 @@ macro_rules! per_broker {
     )*};
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_restart_under_load_loses_nothing() {
+    faults::a_broker_restart_under_load_loses_nothing(harness::Broker::Nats).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restart_under_load_loses_nothing() {
+    faults::a_broker_restart_under_load_loses_nothing(harness::Broker::Redis).await;
+}
+
 per_broker! {
     rabbitmq => Broker::Rabbitmq,
     nats => Broker::Nats,
