@@ -46,6 +46,15 @@ pub async fn flaky_sink_gets_every_effect_once(broker: Broker) {
         assert_eq!(request.content_type.as_deref(), Some("application/json"));
     }
     assert_eq!(pipeline.dead_letters().await, Vec::new());
+    let metrics = consumer.metrics().await;
+    for line in [
+        "ferry_consumer_delivered_total 200",
+        "ferry_consumer_failed_attempts_total{category=\"http_status\"}",
+        "ferry_consumer_sink_latency_seconds_count",
+        "ferry_consumer_lag_messages",
+    ] {
+        assert!(metrics.contains(line), "/metrics lacks {line:?}:\n{metrics}");
+    }
     consumer.stop().await;
     pipeline.cleanup().await;
 }

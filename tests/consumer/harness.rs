@@ -313,6 +313,15 @@ impl Running {
         serde_json::from_slice(&body).expect("status JSON")
     }
 
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("http://{}/metrics", self.address))
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("metrics text")
+    }
+
     pub async fn wait_status(&self, what: &str, done: impl Fn(&serde_json::Value) -> bool) {
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         loop {
