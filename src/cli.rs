@@ -11,7 +11,9 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    api::DatabaseEngine, config, crd, manifest, outbox, relay, telemetry::LogFormat,
+    api::DatabaseEngine,
+    config, crd, manifest, outbox, relay,
+    telemetry::LogFormat,
     validate::{self, FieldError, SecretCheck},
 };
 
@@ -243,7 +245,12 @@ fn admitted_catalog(paths: &[PathBuf], namespace: &str) -> anyhow::Result<valida
     Ok(admitted.catalog)
 }
 
-fn resolution_error(kind: &str, namespace: &str, name: &str, errors: &[FieldError]) -> anyhow::Error {
+fn resolution_error(
+    kind: &str,
+    namespace: &str,
+    name: &str,
+    errors: &[FieldError],
+) -> anyhow::Error {
     let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
     anyhow::anyhow!("{kind} {namespace}/{name}: {}", lines.join("; "))
 }

@@ -118,12 +118,17 @@ mod tests {
     #[test]
     fn delays_for_a_given_retry_follow_the_same_bounds() {
         let backoff = Backoff::new(&policy(Jitter::None));
-        let delays: Vec<u128> = (1..=6).map(|retry| backoff.delay_for(retry).as_millis()).collect();
+        let delays: Vec<u128> = (1..=6)
+            .map(|retry| backoff.delay_for(retry).as_millis())
+            .collect();
         assert_eq!(delays, [100, 200, 400, 800, 1000, 1000]);
         let equal = Backoff::new(&policy(Jitter::Equal));
         for retry in 1..=10 {
             let (delay, ceiling) = (equal.delay_for(retry), equal.ceiling(retry));
-            assert!(delay >= ceiling / 2 && delay <= ceiling, "{retry}: {delay:?}");
+            assert!(
+                delay >= ceiling / 2 && delay <= ceiling,
+                "{retry}: {delay:?}"
+            );
         }
     }
 

@@ -253,5 +253,9 @@ spec:
     );
     assert!(nats[0].contains("nats consumer"), "{nats:#?}");
     let rabbitmq = problems(&admit_yaml(&consumer("rabbitmq"), SecretCheck::Skip));
-    assert_eq!(rabbitmq, Vec::<String>::new(), "RabbitMQ keeps one replica active");
+    assert_eq!(
+        rabbitmq,
+        Vec::<String>::new(),
+        "RabbitMQ keeps one replica active"
+    );
 }

@@ -211,13 +211,8 @@ pub async fn subscribe(
             .await?,
         )),
         TopicTarget::Sql(target) => Ok(Box::new(
-            super::sql::subscriber::SqlSubscriber::connect(
-                &topic.name,
-                &url,
-                target,
-                subscription,
-            )
-            .await?,
+            super::sql::subscriber::SqlSubscriber::connect(&topic.name, &url, target, subscription)
+                .await?,
         )),
     }
 }

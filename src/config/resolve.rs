@@ -14,8 +14,8 @@ use super::{
 use crate::{
     api::{
         BrokerKind, BrokerTopic, DatabaseEngine, Duration, ObjectRef, SecretKeyRef,
-        consumer::DEFAULT_IDEMPOTENCY_TABLE,
         broker_topic::{DEFAULT_KEY_TEMPLATE, ExchangeType, NatsStorage, RabbitMqTopic, SqlTopic},
+        consumer::DEFAULT_IDEMPOTENCY_TABLE,
         dead_letter_queue::DEFAULT_DEAD_LETTER_TABLE,
         outbox_source::CleanupMode,
         retry_policy::RetryPolicySpec,
@@ -247,10 +247,7 @@ pub fn resolve_consumer(
         secret,
         errors: Vec::new(),
     };
-    let topic = resolver.topic(
-        &path.child("topicRef").child("name"),
-        &spec.topic_ref.name,
-    );
+    let topic = resolver.topic(&path.child("topicRef").child("name"), &spec.topic_ref.name);
     let retry = resolver.retry_policy(&path, spec.retry_policy_ref.as_ref());
     let dead_letter = resolver.dead_letter(&path, spec.dead_letter_queue_ref.as_ref());
     let idempotency = spec.idempotency.as_ref().and_then(|idempotency| {

@@ -6,12 +6,7 @@ use std::{sync::Arc, time::Duration};
 use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 
-use super::{
-    Shared,
-    idempotency::Claim,
-    metrics::Settled,
-    sink::Failure,
-};
+use super::{Shared, idempotency::Claim, metrics::Settled, sink::Failure};
 use crate::{
     api::Ordering,
     broker::{
@@ -74,7 +69,13 @@ async fn deliver_held(
                 shared
                     .health
                     .record_error("idempotency", format!("{}: {message}", delivery.id));
-                (shared.backoff.delay_for(attempt).max(Duration::from_millis(200)), None)
+                (
+                    shared
+                        .backoff
+                        .delay_for(attempt)
+                        .max(Duration::from_millis(200)),
+                    None,
+                )
             }
             Attempt::Failed(failure) => {
                 shared.metrics.record_failure(failure.category());
@@ -174,7 +175,9 @@ async fn record_done(shared: &Shared, store: &super::idempotency::BatchedStore, 
         match store.complete(id).await {
             Ok(()) => return,
             Err(error) => {
-                shared.health.record_error(error.category(), error.to_string());
+                shared
+                    .health
+                    .record_error(error.category(), error.to_string());
             }
         }
     }

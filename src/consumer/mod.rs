@@ -3,10 +3,10 @@
 //! exponential backoff and dead-lettering what keeps failing.
 
 mod deliver;
-mod replay;
 pub mod idempotency;
 pub mod inbox;
 pub mod metrics;
+mod replay;
 mod schedule;
 mod session;
 pub mod sink;
@@ -124,8 +124,7 @@ pub async fn start(
     .await?;
     tracing::info!(%address, consumer = %config.consumer.name, "consumer endpoints listening");
     let task = tokio::spawn(async move {
-        if let Some((shared, raw_store)) = connect(config, sink, health, metrics, &shutdown).await
-        {
+        if let Some((shared, raw_store)) = connect(config, sink, health, metrics, &shutdown).await {
             let shared = Arc::new(shared);
             let background = CancellationToken::new();
             if let Some(store) = raw_store {
@@ -170,8 +169,7 @@ async fn connect(
             .await?,
         )),
     };
-    let (dead_letters, replays): (Option<Arc<dyn DeadLetterStore>>, _) = match &config.dead_letter
-    {
+    let (dead_letters, replays): (Option<Arc<dyn DeadLetterStore>>, _) = match &config.dead_letter {
         None => (None, None),
         Some(DeadLetterConfig::Database(database)) => {
             let table = Arc::new(
@@ -184,8 +182,10 @@ async fn connect(
         }
         Some(settings) => (
             Some(Arc::from(
-                until_ok(&backoff, shutdown, &health, "dead_letter", || dlq::open(settings))
-                    .await?,
+                until_ok(&backoff, shutdown, &health, "dead_letter", || {
+                    dlq::open(settings)
+                })
+                .await?,
             )),
             None,
         ),

@@ -37,7 +37,8 @@ pub(crate) async fn serve_requests(
                 for stored in letters {
                     let (shared, replays, shutdown) =
                         (shared.clone(), replays.clone(), shutdown.clone());
-                    running.spawn(async move { replay(&shared, &replays, stored, &shutdown).await });
+                    running
+                        .spawn(async move { replay(&shared, &replays, stored, &shutdown).await });
                 }
                 while running.join_next().await.is_some() {}
                 continue;

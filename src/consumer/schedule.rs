@@ -93,7 +93,11 @@ mod tests {
         assert_eq!(schedule.next(), Some(("a".into(), 4)));
         schedule.finished("a");
         schedule.push("a", 5);
-        assert_eq!(schedule.next(), Some(("a".into(), 5)), "an idle key starts at once");
+        assert_eq!(
+            schedule.next(),
+            Some(("a".into(), 5)),
+            "an idle key starts at once"
+        );
     }
 
     #[test]

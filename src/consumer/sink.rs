@@ -94,9 +94,7 @@ pub fn status_matches(patterns: &[String], status: u16) -> bool {
     let text = status.to_string();
     patterns.iter().any(|pattern| {
         pattern == &text
-            || (pattern.len() == 3
-                && pattern.ends_with("xx")
-                && text.starts_with(&pattern[..1]))
+            || (pattern.len() == 3 && pattern.ends_with("xx") && text.starts_with(&pattern[..1]))
     })
 }
 
@@ -171,8 +169,9 @@ fn request_headers(delivery: &Delivery) -> Result<HeaderMap, Failure> {
         })?;
         headers.append(name, value);
     }
-    let key = HeaderValue::from_str(&delivery.id)
-        .map_err(|_| Failure::Request(format!("message id {:?} is not valid in HTTP", delivery.id)))?;
+    let key = HeaderValue::from_str(&delivery.id).map_err(|_| {
+        Failure::Request(format!("message id {:?} is not valid in HTTP", delivery.id))
+    })?;
     headers.insert(IDEMPOTENCY_KEY, key);
     Ok(headers)
 }

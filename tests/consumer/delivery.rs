@@ -35,14 +35,21 @@ pub async fn flaky_sink_gets_every_effect_once(broker: Broker) {
         })
         .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(sink.applied_twice(), Vec::<String>::new(), "effects applied twice");
+    assert_eq!(
+        sink.applied_twice(),
+        Vec::<String>::new(),
+        "effects applied twice"
+    );
     let requests = sink.requests();
     assert!(
         requests.iter().any(|request| request.status == 500),
         "the sink failed nothing: the test proves nothing"
     );
     for request in &requests {
-        assert_eq!(request.idempotency_key.as_deref(), Some(request.id.as_str()));
+        assert_eq!(
+            request.idempotency_key.as_deref(),
+            Some(request.id.as_str())
+        );
         assert_eq!(request.content_type.as_deref(), Some("application/json"));
     }
     assert_eq!(pipeline.dead_letters().await, Vec::new());
@@ -53,7 +60,10 @@ pub async fn flaky_sink_gets_every_effect_once(broker: Broker) {
         "ferry_consumer_sink_latency_seconds_count",
         "ferry_consumer_lag_messages",
     ] {
-        assert!(metrics.contains(line), "/metrics lacks {line:?}:\n{metrics}");
+        assert!(
+            metrics.contains(line),
+            "/metrics lacks {line:?}:\n{metrics}"
+        );
     }
     consumer.stop().await;
     pipeline.cleanup().await;
@@ -115,7 +125,11 @@ pub async fn per_key_order_holds_through_failures(broker: Broker) {
     for request in sink.requests().iter().filter(|r| r.status == 200) {
         let n = position[request.id.as_str()];
         if let Some(previous) = last_per_key.insert(request.key.clone(), n) {
-            assert!(previous < n, "key {}: message {n} took effect after {previous}", request.key);
+            assert!(
+                previous < n,
+                "key {}: message {n} took effect after {previous}",
+                request.key
+            );
         }
     }
     assert_eq!(sink.applied_twice(), Vec::<String>::new());
@@ -151,7 +165,11 @@ pub async fn retry_waits_follow_the_policy(broker: Broker) {
         let ceiling = Duration::from_millis((130u64 << retry).min(1040));
         let wait = pair[1] - pair[0];
         let least = ceiling / 2 - Duration::from_millis(15);
-        assert!(wait >= least, "retry {}: waited {wait:?}, at least {least:?}", retry + 1);
+        assert!(
+            wait >= least,
+            "retry {}: waited {wait:?}, at least {least:?}",
+            retry + 1
+        );
         assert!(
             wait <= ceiling * 2 + Duration::from_millis(1500),
             "retry {}: waited {wait:?} for a ceiling of {ceiling:?}",
@@ -183,7 +201,13 @@ pub async fn replay_delivers_a_dead_letter_once_the_sink_is_fixed(broker: Broker
     assert!(!sink.delivered().contains(&poison));
     sink.set(|behaviour| behaviour.poison.clear());
     let replay = tokio::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .args(["dlq", "replay", "--url", crate::harness::POSTGRES, "--table"])
+        .args([
+            "dlq",
+            "replay",
+            "--url",
+            crate::harness::POSTGRES,
+            "--table",
+        ])
         .arg(&pipeline.dead_letter_table)
         .args(["--origin", &pipeline.origin(), "--timeout", "60s"])
         .output()
@@ -195,7 +219,10 @@ pub async fn replay_delivers_a_dead_letter_once_the_sink_is_fixed(broker: Broker
         String::from_utf8_lossy(&replay.stdout),
         String::from_utf8_lossy(&replay.stderr)
     );
-    assert!(sink.delivered().contains(&poison), "the replay reached the sink");
+    assert!(
+        sink.delivered().contains(&poison),
+        "the replay reached the sink"
+    );
     assert_eq!(sink.applied_twice(), Vec::<String>::new());
     let letters = pipeline.dead_letter_statuses().await;
     assert_eq!(letters, [(poison, "replayed".to_owned(), 1)]);

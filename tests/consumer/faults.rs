@@ -46,7 +46,10 @@ async fn wait_ready(address: SocketAddr) {
         {
             return;
         }
-        assert!(std::time::Instant::now() < deadline, "the consumer at {address} never got ready");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the consumer at {address} never got ready"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -102,8 +105,10 @@ pub async fn a_sink_outage_delays_but_loses_nothing(broker: Broker) {
     let consumer = Running::start(pipeline.config(&sink.url(), 1000, Ordering::PerKey)).await;
     let envelopes = sample_envelopes(50, 5);
     pipeline.publish(&envelopes).await;
-    sink.wait_for(DEADLINE, "failed attempts", |sink| sink.requests().len() >= 20)
-        .await;
+    sink.wait_for(DEADLINE, "failed attempts", |sink| {
+        sink.requests().len() >= 20
+    })
+    .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     sink.set(|behaviour| behaviour.down = false);
     sink.wait_for(DEADLINE, "every message to take effect", |sink| {
@@ -127,9 +132,7 @@ pub async fn retry_after_is_honoured_up_to_the_cap(broker: Broker) {
     .await;
     let envelopes = sample_envelopes(1, 1);
     sink.set(|behaviour| {
-        behaviour
-            .poison
-            .insert(envelopes[0].id.clone(), 429);
+        behaviour.poison.insert(envelopes[0].id.clone(), 429);
     });
     let mut config = pipeline.config(&sink.url(), 3, Ordering::None);
     config.retry.max_backoff = ApiDuration::from_secs(2);
@@ -177,8 +180,10 @@ pub async fn a_broker_restart_under_load_loses_nothing(broker: Broker) {
     let consumer = Running::start(pipeline.config(&sink.url(), 1000, Ordering::None)).await;
     let envelopes = sample_envelopes(300, 30);
     pipeline.publish(&envelopes).await;
-    sink.wait_for(DEADLINE, "some deliveries", |sink| sink.delivered().len() >= 50)
-        .await;
+    sink.wait_for(DEADLINE, "some deliveries", |sink| {
+        sink.delivered().len() >= 50
+    })
+    .await;
     match &mut server {
         Server::Nats(nats) => nats.stop().await.expect("stop nats-server"),
         Server::Redis(redis) => redis.stop().await.expect("stop redis-server"),
@@ -198,7 +203,11 @@ pub async fn a_broker_restart_under_load_loses_nothing(broker: Broker) {
     consumer
         .wait_status("readiness again", |status| status["ready"] == true)
         .await;
-    assert_eq!(sink.applied_twice(), Vec::<String>::new(), "effects applied twice");
+    assert_eq!(
+        sink.applied_twice(),
+        Vec::<String>::new(),
+        "effects applied twice"
+    );
     consumer.stop().await;
     pipeline.cleanup().await;
 }

@@ -125,7 +125,9 @@ impl Pipeline {
                 window: ApiDuration::from_secs(3600),
             }),
             retry: fast_policy(max_attempts),
-            dead_letter: Some(DeadLetterConfig::Database(database(&self.dead_letter_table))),
+            dead_letter: Some(DeadLetterConfig::Database(database(
+                &self.dead_letter_table,
+            ))),
             http: HttpConfig {
                 listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             },
@@ -139,7 +141,9 @@ impl Pipeline {
 
     /// Publishes with Ferry's publisher and checks that every message was confirmed.
     pub async fn publish(&self, envelopes: &[Envelope]) {
-        let publisher = broker::connect(&self.topic).await.expect("connect publisher");
+        let publisher = broker::connect(&self.topic)
+            .await
+            .expect("connect publisher");
         // NATS publishes on the routing key as subject, which must be inside this test's
         // stream (streams may not share subjects).
         let envelopes: Vec<Envelope> = envelopes
@@ -155,7 +159,9 @@ impl Pipeline {
         for chunk in envelopes.chunks(200) {
             let outcomes = publisher.publish(chunk).await.expect("publish");
             assert!(
-                outcomes.iter().all(|outcome| *outcome == Outcome::Confirmed),
+                outcomes
+                    .iter()
+                    .all(|outcome| *outcome == Outcome::Confirmed),
                 "not every message was confirmed: {outcomes:?}"
             );
         }
@@ -206,8 +212,9 @@ impl Pipeline {
                         .await
                     && let Ok(channel) = connection.create_channel().await
                 {
-                    let queues = std::iter::once(group.clone())
-                        .chain(ferry::broker::rabbitmq::subscriber::retry_queue_names(&group));
+                    let queues = std::iter::once(group.clone()).chain(
+                        ferry::broker::rabbitmq::subscriber::retry_queue_names(&group),
+                    );
                     for queue in queues {
                         let _ = channel
                             .queue_delete(queue.as_str().into(), Default::default())
@@ -236,7 +243,10 @@ impl Pipeline {
                         .await
                         .unwrap_or_default();
                     if !keys.is_empty() {
-                        let _: Result<i64, _> = redis::cmd("DEL").arg(keys).query_async(&mut connection).await;
+                        let _: Result<i64, _> = redis::cmd("DEL")
+                            .arg(keys)
+                            .query_async(&mut connection)
+                            .await;
                     }
                 }
             }
@@ -259,9 +269,11 @@ async fn drop_tables_like(table: &str) {
             .await
             .unwrap_or_default();
     for table in tables {
-        let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP TABLE IF EXISTS {table} CASCADE")))
-            .execute(&mut connection)
-            .await;
+        let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "DROP TABLE IF EXISTS {table} CASCADE"
+        )))
+        .execute(&mut connection)
+        .await;
     }
 }
 

@@ -35,11 +35,18 @@ fn table_config(engine: DatabaseEngine, url: &str, table: &str) -> IdempotencyCo
 async fn check_store(config: IdempotencyConfig) {
     let consumer = unique_name("consumer/test");
     let lease = Duration::from_millis(800);
-    let store = idempotency::open(&config, &consumer, lease).await.expect("open the store");
+    let store = idempotency::open(&config, &consumer, lease)
+        .await
+        .expect("open the store");
     let other = idempotency::open(&config, &format!("{consumer}-other"), lease)
         .await
         .expect("open a second consumer's store");
-    let ids = |names: &[&str]| names.iter().map(|name| (*name).to_owned()).collect::<Vec<_>>();
+    let ids = |names: &[&str]| {
+        names
+            .iter()
+            .map(|name| (*name).to_owned())
+            .collect::<Vec<_>>()
+    };
 
     assert_eq!(
         store.claim(&ids(&["a", "b", "a"])).await.unwrap(),
@@ -55,7 +62,11 @@ async fn check_store(config: IdempotencyConfig) {
     store.complete(&ids(&["a"])).await.unwrap();
     assert_eq!(store.claim(&ids(&["a"])).await.unwrap(), [Claim::Done]);
     store.release(&ids(&["b"])).await.unwrap();
-    assert_eq!(store.claim(&ids(&["b"])).await.unwrap(), [Claim::Owned], "released");
+    assert_eq!(
+        store.claim(&ids(&["b"])).await.unwrap(),
+        [Claim::Owned],
+        "released"
+    );
     store.release(&ids(&["a"])).await.unwrap();
     assert_eq!(
         store.claim(&ids(&["a"])).await.unwrap(),
@@ -92,7 +103,12 @@ async fn mysql_idempotency_table() {
 async fn sqlite_idempotency_table() {
     let dir = TempDir::new("idempotency").unwrap();
     let url = format!("sqlite://{}/processed.db", dir.path().display());
-    check_store(table_config(DatabaseEngine::Sqlite, &url, "ferry_processed")).await;
+    check_store(table_config(
+        DatabaseEngine::Sqlite,
+        &url,
+        "ferry_processed",
+    ))
+    .await;
 }
 
 #[tokio::test]
@@ -112,7 +128,11 @@ async fn redis_idempotency_keys() {
         .await
         .unwrap();
     if !keys.is_empty() {
-        let _: i64 = redis::cmd("DEL").arg(keys).query_async(&mut connection).await.unwrap();
+        let _: i64 = redis::cmd("DEL")
+            .arg(keys)
+            .query_async(&mut connection)
+            .await
+            .unwrap();
     }
 }
 
@@ -145,7 +165,10 @@ async fn inbox_records_each_message_once_per_transaction() {
         })
     };
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(!racing.is_finished(), "the repeat must wait for the first transaction");
+    assert!(
+        !racing.is_finished(),
+        "the repeat must wait for the first transaction"
+    );
     tx.commit().await.unwrap();
     assert!(!racing.await.unwrap(), "the repeat applies nothing");
 

@@ -300,8 +300,10 @@ impl RabbitMqSubscriber {
         if !settlement.acker.usable() {
             return Err(self.failure("the delivery was already settled".into()));
         }
-        let properties =
-            headers::with_due(headers::retry_properties(&settlement.properties, attempt), due);
+        let properties = headers::with_due(
+            headers::retry_properties(&settlement.properties, attempt),
+            due,
+        );
         let channel = self.retry_channel().await?;
         let published = tokio::time::timeout(
             PUBLISH_TIMEOUT,

@@ -59,7 +59,10 @@ impl BatchedStore {
     }
 }
 
-async fn call<T>(queue: &mpsc::UnboundedSender<Request<T>>, id: &str) -> Result<T, IdempotencyError> {
+async fn call<T>(
+    queue: &mpsc::UnboundedSender<Request<T>>,
+    id: &str,
+) -> Result<T, IdempotencyError> {
     let (reply, answer) = oneshot::channel();
     queue
         .send((id.to_owned(), reply))

@@ -40,7 +40,9 @@ impl RedisIdempotency {
     }
 
     fn millis(duration: Duration) -> u64 {
-        u64::try_from(duration.as_millis()).unwrap_or(u64::MAX).max(1)
+        u64::try_from(duration.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1)
     }
 }
 

@@ -388,9 +388,7 @@ impl IdempotencyStore for TableIdempotency {
                 "DELETE FROM {q} WHERE rowid IN (
                      SELECT rowid FROM {q} WHERE state = 'done' AND updated_at < ?1 LIMIT ?2)"
             )))
-            .bind(sqlite_time(
-                Utc::now() - TimeDelta::milliseconds(window),
-            ))
+            .bind(sqlite_time(Utc::now() - TimeDelta::milliseconds(window)))
             .bind(PURGE_BATCH)
             .execute(pool)
             .await?

@@ -334,7 +334,11 @@ mod tests {
         let due = std::time::UNIX_EPOCH + std::time::Duration::from_millis(1_764_470_000_123);
         let copy = with_due(retry_properties(&properties(&[]), 2), due);
         assert_eq!(super::due(&copy), Some(due));
-        assert!(delivery_headers(&copy).iter().all(|(name, _)| name != DUE_HEADER));
+        assert!(
+            delivery_headers(&copy)
+                .iter()
+                .all(|(name, _)| name != DUE_HEADER)
+        );
         assert_eq!(super::due(&properties(&[])), None);
     }
 
