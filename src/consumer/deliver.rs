@@ -171,7 +171,9 @@ pub(crate) async fn attempt_once(shared: &Shared, delivery: &Delivery) -> Attemp
 /// to the service's own check on `Idempotency-Key`.
 async fn record_done(shared: &Shared, store: &super::idempotency::BatchedStore, id: &str) {
     for wait_ms in [0, 50, 250, 1000] {
-        tokio::time::sleep(Duration::from_millis(wait_ms)).await;
+        if wait_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(wait_ms)).await;
+        }
         match store.complete(id).await {
             Ok(()) => return,
             Err(error) => {
@@ -249,8 +251,9 @@ async fn with_keep_alive<T>(
     work: impl std::future::Future<Output = T>,
 ) -> T {
     let period = (ack_timeout / 3).max(Duration::from_millis(100));
-    let mut ticker = tokio::time::interval(period);
-    ticker.tick().await;
+    // The first tick a period from now: an interval's immediate first tick still goes through
+    // the timer wheel, which costs about a millisecond per message.
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     tokio::pin!(work);
     loop {
         tokio::select! {
