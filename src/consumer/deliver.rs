@@ -38,46 +38,9 @@ pub(crate) async fn deliver(
     subscriber: &Arc<dyn Subscriber>,
     delivery: Delivery,
     shutdown: &CancellationToken,
-    slot: Slot,
 ) -> Result<Settled, BrokerError> {
-    let work = deliver_held(shared, subscriber.as_ref(), &delivery, shutdown, slot);
+    let work = deliver_held(shared, subscriber.as_ref(), &delivery, shutdown);
     with_keep_alive(subscriber.as_ref(), &delivery, shared.ack_timeout, work).await
-}
-
-/// A delivery slot (one of `concurrency`) and the message's key. Released as soon as the sink
-/// has accepted the message, before the done record and the acknowledgement, so the next
-/// message (of any key, the same key included) starts while this one settles; released on
-/// every other way out too (drop).
-pub(crate) struct Slot {
-    permit: Option<tokio::sync::OwnedSemaphorePermit>,
-    key: String,
-    freed: tokio::sync::mpsc::UnboundedSender<String>,
-}
-
-impl Slot {
-    pub(crate) fn new(
-        permit: tokio::sync::OwnedSemaphorePermit,
-        key: String,
-        freed: tokio::sync::mpsc::UnboundedSender<String>,
-    ) -> Self {
-        Self {
-            permit: Some(permit),
-            key,
-            freed,
-        }
-    }
-
-    fn release(&mut self) {
-        if self.permit.take().is_some() {
-            let _ = self.freed.send(std::mem::take(&mut self.key));
-        }
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.release();
-    }
 }
 
 async fn deliver_held(
@@ -85,7 +48,6 @@ async fn deliver_held(
     subscriber: &dyn Subscriber,
     delivery: &Delivery,
     shutdown: &CancellationToken,
-    mut slot: Slot,
 ) -> Result<Settled, BrokerError> {
     let max_attempts = u32::try_from(shared.config.retry.max_attempts.max(1)).unwrap_or(1);
     // Per-key ordering retries in place, holding the key: later messages of the key must not
@@ -97,10 +59,6 @@ async fn deliver_held(
     loop {
         let (wait, failure) = match attempt_once(shared, delivery).await {
             Attempt::Settled(settled) => {
-                slot.release();
-                if let (Settled::Delivered, Some(store)) = (settled, &shared.idempotency) {
-                    record_done(shared, store, &delivery.id).await;
-                }
                 subscriber.ack(delivery).await?;
                 shared.metrics.record(settled);
                 return Ok(settled);
@@ -190,7 +148,12 @@ pub(crate) async fn attempt_once(shared: &Shared, delivery: &Delivery) -> Attemp
     shared.metrics.observe_sink(started.elapsed());
     shared.metrics.in_flight.dec();
     match sent {
-        Ok(_) => Attempt::Settled(Settled::Delivered),
+        Ok(_) => {
+            if let Some(store) = &shared.idempotency {
+                record_done(shared, store, &delivery.id).await;
+            }
+            Attempt::Settled(Settled::Delivered)
+        }
         Err(failure) => {
             if let Some(store) = &shared.idempotency
                 && let Err(error) = store.release(&delivery.id).await
@@ -206,11 +169,7 @@ pub(crate) async fn attempt_once(shared: &Shared, delivery: &Delivery) -> Attemp
 /// Records a delivered id, trying a few times: the sink has done its work, so the message is
 /// acknowledged either way, and a record that could not be written only leaves a later copy
 /// to the service's own check on `Idempotency-Key`.
-pub(crate) async fn record_done(
-    shared: &Shared,
-    store: &super::idempotency::BatchedStore,
-    id: &str,
-) {
+async fn record_done(shared: &Shared, store: &super::idempotency::BatchedStore, id: &str) {
     for wait_ms in [0, 50, 250, 1000] {
         if wait_ms > 0 {
             tokio::time::sleep(Duration::from_millis(wait_ms)).await;

@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     Shared,
-    deliver::{Attempt, BUSY_WAIT, attempt_once, letter_of, record_done, retry_wait},
+    deliver::{Attempt, BUSY_WAIT, attempt_once, letter_of, retry_wait},
     metrics::Settled,
     sleep_or_stop,
 };
@@ -74,9 +74,6 @@ async fn replay(
         let wait = match attempt_once(shared, &delivery).await {
             Attempt::Settled(settled) => {
                 if settled == Settled::Delivered {
-                    if let Some(store) = &shared.idempotency {
-                        record_done(shared, store, &delivery.id).await;
-                    }
                     shared.metrics.record(Settled::Delivered);
                 }
                 match replays.mark_replayed(stored.seq).await {

@@ -9,13 +9,7 @@ use tokio::{
 };
 use tokio_util::sync::CancellationToken;
 
-use super::{
-    Shared,
-    deliver::{Slot, deliver},
-    metrics::Settled,
-    schedule::Schedule,
-    sleep_or_stop,
-};
+use super::{Shared, deliver::deliver, metrics::Settled, schedule::Schedule, sleep_or_stop};
 use crate::{
     api::Ordering,
     broker::{
@@ -107,34 +101,30 @@ async fn run_session(
         subscriber.clone(),
         stop_receiving.clone(),
     ));
-    // A slot is held from the start of a delivery until the sink has answered (or the message
-    // is settled otherwise); the done record and the acknowledgement run after it, in the
-    // same task, so a slot's time is the claim and the HTTP call.
-    let slots = Arc::new(Semaphore::new(shared.config.concurrency.max(1) as usize));
-    let (freed_sender, mut freed) = mpsc::unbounded_channel::<String>();
+    let concurrency = shared.config.concurrency.max(1) as usize;
     let mut schedule = Schedule::new(shared.config.ordering == Ordering::PerKey);
-    let mut running: JoinSet<Result<Settled, BrokerError>> = JoinSet::new();
+    let mut running: JoinSet<(String, Result<Settled, BrokerError>)> = JoinSet::new();
     let mut outcome = Ok(());
     loop {
-        while let Ok(permit) = slots.clone().try_acquire_owned() {
+        while running.len() < concurrency {
             let Some((key, delivery)) = schedule.next() else {
                 break;
             };
-            let slot = Slot::new(permit, key, freed_sender.clone());
             let (shared, subscriber, shutdown) =
                 (shared.clone(), subscriber.clone(), shutdown.clone());
-            running.spawn(
-                async move { deliver(&shared, &subscriber, delivery, &shutdown, slot).await },
-            );
+            running.spawn(async move {
+                let settled = deliver(&shared, &subscriber, delivery, &shutdown).await;
+                (key, settled)
+            });
         }
         tokio::select! {
             () = shutdown.cancelled() => break,
-            Some(key) = freed.recv() => schedule.finished(&key),
             Some(done) = running.join_next(), if !running.is_empty() => {
                 credits.add_permits(1);
                 match done {
-                    Ok(Ok(_)) => {}
-                    Ok(Err(error)) => {
+                    Ok((key, Ok(_))) => schedule.finished(&key),
+                    Ok((key, Err(error))) => {
+                        schedule.finished(&key);
                         outcome = Err(error);
                         break;
                     }
@@ -167,7 +157,7 @@ async fn run_session(
     // Deliveries in progress settle (ack, retry or dead letter) before the session ends; what
     // was received and not started is left to the broker, which hands it out again.
     while let Some(done) = running.join_next().await {
-        if let Ok(Err(error)) = done
+        if let Ok((_, Err(error))) = done
             && outcome.is_ok()
         {
             outcome = Err(error);
