@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use rand::RngExt;
+use tokio_util::sync::CancellationToken;
 
 use crate::api::retry_policy::{Jitter, RetryPolicySpec};
 
@@ -90,6 +91,14 @@ impl Backoff {
     pub fn reset(&mut self) {
         self.attempt = 0;
         self.previous = Duration::ZERO;
+    }
+}
+
+/// Sleeps for a backoff (or a poll interval); `false` when `shutdown` came first.
+pub async fn sleep_or_stop(delay: Duration, shutdown: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(delay) => true,
+        _ = shutdown.cancelled() => false,
     }
 }
 

@@ -95,47 +95,37 @@ pub trait InboxConnection: Send {
     async fn insert_id(&mut self, inbox: &Inbox, message_id: &str) -> Result<bool, sqlx::Error>;
 }
 
-#[async_trait]
-impl InboxConnection for PgConnection {
-    async fn insert_id(&mut self, inbox: &Inbox, message_id: &str) -> Result<bool, sqlx::Error> {
-        let inserted = sqlx::query(trusted(format!(
-            "INSERT INTO {} (consumer, message_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-            inbox.table
-        )))
-        .bind(&inbox.consumer)
-        .bind(message_id)
-        .execute(self)
-        .await?;
-        Ok(inserted.rows_affected() == 1)
-    }
+/// One insert per engine: the statement is the only difference (placeholders, and MySQL's
+/// `INSERT IGNORE` for `ON CONFLICT DO NOTHING`).
+macro_rules! inbox_engine {
+    ($connection:ty, $statement:literal) => {
+        #[async_trait]
+        impl InboxConnection for $connection {
+            async fn insert_id(
+                &mut self,
+                inbox: &Inbox,
+                message_id: &str,
+            ) -> Result<bool, sqlx::Error> {
+                let inserted = sqlx::query(trusted(format!($statement, inbox.table)))
+                    .bind(&inbox.consumer)
+                    .bind(message_id)
+                    .execute(self)
+                    .await?;
+                Ok(inserted.rows_affected() == 1)
+            }
+        }
+    };
 }
 
-#[async_trait]
-impl InboxConnection for SqliteConnection {
-    async fn insert_id(&mut self, inbox: &Inbox, message_id: &str) -> Result<bool, sqlx::Error> {
-        let inserted = sqlx::query(trusted(format!(
-            "INSERT INTO {} (consumer, message_id) VALUES (?, ?) ON CONFLICT DO NOTHING",
-            inbox.table
-        )))
-        .bind(&inbox.consumer)
-        .bind(message_id)
-        .execute(self)
-        .await?;
-        Ok(inserted.rows_affected() == 1)
-    }
-}
-
-#[async_trait]
-impl InboxConnection for MySqlConnection {
-    async fn insert_id(&mut self, inbox: &Inbox, message_id: &str) -> Result<bool, sqlx::Error> {
-        let inserted = sqlx::query(trusted(format!(
-            "INSERT IGNORE INTO {} (consumer, message_id) VALUES (?, ?)",
-            inbox.table
-        )))
-        .bind(&inbox.consumer)
-        .bind(message_id)
-        .execute(self)
-        .await?;
-        Ok(inserted.rows_affected() == 1)
-    }
-}
+inbox_engine!(
+    PgConnection,
+    "INSERT INTO {} (consumer, message_id) VALUES ($1, $2) ON CONFLICT DO NOTHING"
+);
+inbox_engine!(
+    SqliteConnection,
+    "INSERT INTO {} (consumer, message_id) VALUES (?, ?) ON CONFLICT DO NOTHING"
+);
+inbox_engine!(
+    MySqlConnection,
+    "INSERT IGNORE INTO {} (consumer, message_id) VALUES (?, ?)"
+);

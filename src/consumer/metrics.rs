@@ -25,7 +25,7 @@ pub struct CategoryLabels {
     pub category: String,
 }
 
-/// How a message ended for this consumer, for `ferry_consumer_messages_total`.
+/// How a message ended for this consumer: one counter per variant, and its total in `/status`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Settled {
     /// The sink answered 2xx.
@@ -54,6 +54,7 @@ pub struct ConsumerMetrics {
     pub sink_latency: Histogram,
     pub lag_messages: Gauge,
     pub lag_oldest_age_seconds: Gauge,
+    /// Per `Settled` variant (its discriminant is the index), for `/status`.
     totals: [AtomicU64; 5],
     lag: AtomicI64,
     oldest_age: AtomicI64,
@@ -133,15 +134,15 @@ impl ConsumerMetrics {
     }
 
     pub fn record(&self, settled: Settled) {
-        let (counter, index) = match settled {
-            Settled::Delivered => (&self.delivered, 0),
-            Settled::Deduplicated => (&self.deduplicated, 1),
-            Settled::Filtered => (&self.filtered, 2),
-            Settled::DeadLettered => (&self.dead_lettered, 3),
-            Settled::Retried => (&self.retried, 4),
+        let counter = match settled {
+            Settled::Delivered => &self.delivered,
+            Settled::Deduplicated => &self.deduplicated,
+            Settled::Filtered => &self.filtered,
+            Settled::DeadLettered => &self.dead_lettered,
+            Settled::Retried => &self.retried,
         };
         counter.inc();
-        self.totals[index].fetch_add(1, Ordering::Relaxed);
+        self.totals[settled as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn record_failure(&self, category: &str) {
@@ -164,14 +165,7 @@ impl ConsumerMetrics {
     }
 
     pub fn total(&self, settled: Settled) -> u64 {
-        let index = match settled {
-            Settled::Delivered => 0,
-            Settled::Deduplicated => 1,
-            Settled::Filtered => 2,
-            Settled::DeadLettered => 3,
-            Settled::Retried => 4,
-        };
-        self.totals[index].load(Ordering::Relaxed)
+        self.totals[settled as usize].load(Ordering::Relaxed)
     }
 
     pub fn observe_sink(&self, elapsed: Duration) {

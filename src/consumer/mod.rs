@@ -21,7 +21,7 @@ use crate::{
     config::{ConsumerConfig, DeadLetterConfig},
     dlq::{self, DeadLetterStore, table::TableStore},
     observe::{Health, http},
-    retry::Backoff,
+    retry::{Backoff, sleep_or_stop},
 };
 use idempotency::{BatchedStore, IdempotencyStore};
 use metrics::{ConsumerMetrics, ConsumerReport};
@@ -233,14 +233,6 @@ where
                 }
             }
         }
-    }
-}
-
-/// Sleeps; `false` when `shutdown` came first.
-async fn sleep_or_stop(delay: Duration, shutdown: &CancellationToken) -> bool {
-    tokio::select! {
-        _ = tokio::time::sleep(delay) => true,
-        _ = shutdown.cancelled() => false,
     }
 }
 

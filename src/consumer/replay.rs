@@ -11,11 +11,11 @@ use super::{
     Shared,
     deliver::{Attempt, BUSY_WAIT, attempt_once, letter_of, retry_wait},
     metrics::Settled,
-    sleep_or_stop,
 };
 use crate::{
     broker::subscriber::Delivery,
     dlq::{DeadLetterStore, record::StoredLetter, table::TableStore},
+    retry::sleep_or_stop,
 };
 
 /// How often the table is asked for new requests.

@@ -9,13 +9,14 @@ use tokio::{
 };
 use tokio_util::sync::CancellationToken;
 
-use super::{Shared, deliver::deliver, metrics::Settled, schedule::Schedule, sleep_or_stop};
+use super::{Shared, deliver::deliver, metrics::Settled, schedule::Schedule};
 use crate::{
     api::Ordering,
     broker::{
         BrokerError,
         subscriber::{self, Delivery, Subscriber},
     },
+    retry::sleep_or_stop,
 };
 
 /// How long one `receive` waits before the receiver checks for shutdown.

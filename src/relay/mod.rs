@@ -19,7 +19,7 @@ use crate::{
     dlq::{self, DeadLetterStore},
     observe::{Health, http},
     outbox::{self, NotificationChannel, OutboxStore},
-    retry::Backoff,
+    retry::{Backoff, sleep_or_stop},
 };
 pub use router::{Destination, Router};
 
@@ -141,14 +141,6 @@ async fn connect(
         metrics,
         health,
     })
-}
-
-/// Sleeps; `false` when `shutdown` came first.
-async fn sleep_or_stop(delay: Duration, shutdown: &CancellationToken) -> bool {
-    tokio::select! {
-        _ = tokio::time::sleep(delay) => true,
-        _ = shutdown.cancelled() => false,
-    }
 }
 
 async fn run_workers(shared: Arc<Shared>, shutdown: &CancellationToken) {
