@@ -277,7 +277,7 @@ fn shape(args: &ConsumerBenchArgs, run: &Run) -> String {
         if args.concurrency == 8 {
             " (the Consumer default)"
         } else {
-            ""
+            " (a Consumer's default is 8)"
         },
         run.consumer_group.subscription.prefetch,
         run.config.ordering,
@@ -321,8 +321,7 @@ fn sink_details(
         let _ = write!(
             out,
             "; {:.3} ms mean as the consumer timed it; {:.2} s summed, {:.0}% of {concurrency} \
-             delivery slots x time from ready (the rest: idempotency claim and record, broker \
-             ack, scheduling)",
+             delivery slots x time from ready (the rest: the `done` record and waiting for it)",
             b.mean_sink_millis(),
             b.sink_seconds,
             if slots > 0.0 {
@@ -333,6 +332,17 @@ fn sink_details(
         );
     }
     out.push('\n');
+    if let Some(b) = breakdown {
+        for (what, stats) in [
+            ("idempotency claim", b.claim),
+            ("idempotency done record", b.complete),
+            ("broker ack", b.ack),
+        ] {
+            if let Some(stats) = stats {
+                let _ = writeln!(out, "{what}: {}", stats.describe());
+            }
+        }
+    }
     out
 }
 

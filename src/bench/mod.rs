@@ -161,9 +161,10 @@ pub struct ConsumerBenchArgs {
     /// Approximate size of each JSON payload.
     #[arg(long, default_value_t = 256)]
     pub payload_bytes: usize,
-    /// The consumer's `concurrency`: messages delivered at the same time [default: 8, the
-    /// Consumer default].
-    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    /// The consumer's `concurrency`: messages at the sink at the same time. The default, 64,
+    /// keeps about as many messages moving as the raw client has in flight (its prefetch is
+    /// 4 x concurrency); a Consumer's own default is 8.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub concurrency: u32,
     /// The consumer's `ordering` [default: none, the Consumer default].
     #[arg(long, value_enum, default_value_t = OrderingArg::None)]

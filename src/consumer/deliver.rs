@@ -1,7 +1,10 @@
 //! One message's way through the consumer: filter, idempotency claim, the sink, then
 //! acknowledge, retry or dead-letter, and settle it with the broker exactly once.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use chrono::Utc;
 use tokio_util::sync::CancellationToken;
@@ -29,16 +32,19 @@ pub(crate) enum Attempt {
     Busy,
     /// The idempotency store could not answer; nothing was sent.
     StoreDown(String),
+    /// Stopping before the sink was called: the message stays the broker's, unsettled.
+    Stopped,
 }
 
-/// Delivers one message and settles it with the broker. `Err` means the broker could not be
-/// told (the message is still the broker's and comes back).
+/// Delivers one message and settles it with the broker, unless stopped before the sink was
+/// called. `Err` means the broker could not be told (the message is still the broker's and
+/// comes back).
 pub(crate) async fn deliver(
     shared: &Shared,
     subscriber: &Arc<dyn Subscriber>,
     delivery: Delivery,
     shutdown: &CancellationToken,
-) -> Result<Settled, BrokerError> {
+) -> Result<(), BrokerError> {
     let work = deliver_held(shared, subscriber.as_ref(), &delivery, shutdown);
     with_keep_alive(subscriber.as_ref(), &delivery, shared.ack_timeout, work).await
 }
@@ -48,7 +54,7 @@ async fn deliver_held(
     subscriber: &dyn Subscriber,
     delivery: &Delivery,
     shutdown: &CancellationToken,
-) -> Result<Settled, BrokerError> {
+) -> Result<(), BrokerError> {
     let max_attempts = u32::try_from(shared.config.retry.max_attempts.max(1)).unwrap_or(1);
     // Per-key ordering retries in place, holding the key: later messages of the key must not
     // overtake this one, which a re-queued copy at the broker would let them do. Attempts the
@@ -57,12 +63,16 @@ async fn deliver_held(
     let in_place = shared.config.ordering == Ordering::PerKey;
     let mut attempt = delivery.attempt.max(1);
     loop {
-        let (wait, failure) = match attempt_once(shared, delivery).await {
+        let (wait, failure) = match attempt_once(shared, delivery, shutdown).await {
             Attempt::Settled(settled) => {
+                let started = Instant::now();
                 subscriber.ack(delivery).await?;
+                shared.metrics.observe_settle("ack", started.elapsed());
                 shared.metrics.record(settled);
-                return Ok(settled);
+                return Ok(());
             }
+            // Left to the broker like the messages received and not started.
+            Attempt::Stopped => return Ok(()),
             Attempt::Busy => (BUSY_WAIT, None),
             Attempt::StoreDown(message) => {
                 shared.health.set_database(false);
@@ -80,10 +90,8 @@ async fn deliver_held(
             Attempt::Failed(failure) => {
                 shared.metrics.record_failure(failure.category());
                 if !failure.retryable(&shared.config.retry.retry_on) || attempt >= max_attempts {
-                    if let Some(settled) =
-                        dead_letter(shared, subscriber, delivery, attempt, &failure).await?
-                    {
-                        return Ok(settled);
+                    if dead_letter(shared, subscriber, delivery, attempt, &failure).await? {
+                        return Ok(());
                     }
                     // No dead-letter queue, or it failed: keep retrying at the longest wait.
                     (shared.backoff.max(), Some(failure))
@@ -96,9 +104,11 @@ async fn deliver_held(
             tracing::debug!(id = %delivery.id, attempt, %failure, ?wait, "delivery failed");
         }
         if !in_place || shutdown.is_cancelled() {
+            let started = Instant::now();
             subscriber.retry(delivery, wait).await?;
+            shared.metrics.observe_settle("retry", started.elapsed());
             shared.metrics.record(Settled::Retried);
-            return Ok(Settled::Retried);
+            return Ok(());
         }
         shared.metrics.record(Settled::Retried);
         tokio::select! {
@@ -106,7 +116,7 @@ async fn deliver_held(
             () = shutdown.cancelled() => {
                 // Stopping: the broker keeps the rest of the wait.
                 subscriber.retry(delivery, wait).await?;
-                return Ok(Settled::Retried);
+                return Ok(());
             }
         }
         attempt += 1;
@@ -125,7 +135,13 @@ pub(crate) fn retry_wait(shared: &Shared, attempt: u32, failure: &Failure) -> Du
     }
 }
 
-pub(crate) async fn attempt_once(shared: &Shared, delivery: &Delivery) -> Attempt {
+/// One attempt: the filter, the claim (outside a delivery slot), then the sink and its record
+/// inside one (see `slots`).
+pub(crate) async fn attempt_once(
+    shared: &Shared,
+    delivery: &Delivery,
+    stop: &CancellationToken,
+) -> Attempt {
     let event_types = &shared.config.event_types;
     if !event_types.is_empty()
         && !event_types
@@ -134,6 +150,9 @@ pub(crate) async fn attempt_once(shared: &Shared, delivery: &Delivery) -> Attemp
     {
         return Attempt::Settled(Settled::Filtered);
     }
+    let Some(ahead) = shared.slots.claim(stop).await else {
+        return Attempt::Stopped;
+    };
     if let Some(store) = &shared.idempotency {
         match store.claim(&delivery.id).await {
             Ok(Claim::Owned) => shared.health.set_database(true),
@@ -142,6 +161,11 @@ pub(crate) async fn attempt_once(shared: &Shared, delivery: &Delivery) -> Attemp
             Err(error) => return Attempt::StoreDown(error.to_string()),
         }
     }
+    let Some(_slot) = shared.slots.sink(stop).await else {
+        release(shared, &delivery.id).await;
+        return Attempt::Stopped;
+    };
+    drop(ahead);
     shared.metrics.in_flight.inc();
     let started = std::time::Instant::now();
     let sent = shared.sink.send(delivery).await;
@@ -155,14 +179,19 @@ pub(crate) async fn attempt_once(shared: &Shared, delivery: &Delivery) -> Attemp
             Attempt::Settled(Settled::Delivered)
         }
         Err(failure) => {
-            if let Some(store) = &shared.idempotency
-                && let Err(error) = store.release(&delivery.id).await
-            {
-                // The claim expires with its lease; until then a copy waits.
-                tracing::warn!(id = %delivery.id, %error, "cannot release an idempotency claim");
-            }
+            release(shared, &delivery.id).await;
             Attempt::Failed(failure)
         }
+    }
+}
+
+/// Gives up this delivery's claim, so a retry or a copy can take it.
+async fn release(shared: &Shared, id: &str) {
+    if let Some(store) = &shared.idempotency
+        && let Err(error) = store.release(id).await
+    {
+        // The claim expires with its lease; until then a copy waits.
+        tracing::warn!(%id, %error, "cannot release an idempotency claim");
     }
 }
 
@@ -186,7 +215,7 @@ async fn record_done(shared: &Shared, store: &super::idempotency::BatchedStore, 
     tracing::error!(%id, "delivered, but the idempotency record could not be written");
 }
 
-/// Stores the message in the dead-letter queue and acknowledges it. `None` when there is no
+/// Stores the message in the dead-letter queue and acknowledges it. `false` when there is no
 /// dead-letter queue or it could not take the message: the caller keeps retrying.
 async fn dead_letter(
     shared: &Shared,
@@ -194,9 +223,9 @@ async fn dead_letter(
     delivery: &Delivery,
     attempts: u32,
     failure: &Failure,
-) -> Result<Option<Settled>, BrokerError> {
+) -> Result<bool, BrokerError> {
     let Some(store) = &shared.dead_letters else {
-        return Ok(None);
+        return Ok(false);
     };
     let letter = letter_of(shared, delivery, attempts, failure);
     match store.put(&letter).await {
@@ -204,12 +233,12 @@ async fn dead_letter(
             subscriber.ack(delivery).await?;
             shared.metrics.record(Settled::DeadLettered);
             tracing::warn!(id = %delivery.id, attempts, error = %failure, "dead-lettered");
-            Ok(Some(Settled::DeadLettered))
+            Ok(true)
         }
         Err(error) => {
             shared.health.record_error("dead_letter", error.to_string());
             tracing::error!(id = %delivery.id, %error, "cannot store a dead letter; retrying the message");
-            Ok(None)
+            Ok(false)
         }
     }
 }

@@ -25,6 +25,29 @@ pub struct CategoryLabels {
     pub category: String,
 }
 
+/// An idempotency store call (`claim`, `complete`, `release`) or a broker settlement (`ack`,
+/// `retry`): a fixed, small set.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OperationLabels {
+    pub operation: &'static str,
+}
+
+/// Round-trip buckets for calls to a store or broker on the same machine or network.
+const ROUND_TRIP_BUCKETS: [f64; 14] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+const BATCH_BUCKETS: [f64; 10] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
+
+type Histograms = Family<OperationLabels, Histogram, fn() -> Histogram>;
+
+fn round_trips() -> Histograms {
+    Family::new_with_constructor(|| Histogram::new(ROUND_TRIP_BUCKETS))
+}
+
+fn batch_sizes() -> Histograms {
+    Family::new_with_constructor(|| Histogram::new(BATCH_BUCKETS))
+}
+
 /// How a message ended for this consumer: one counter per variant, and its total in `/status`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Settled {
@@ -54,6 +77,12 @@ pub struct ConsumerMetrics {
     pub sink_latency: Histogram,
     pub lag_messages: Gauge,
     pub lag_oldest_age_seconds: Gauge,
+    /// Seconds per idempotency store call, by operation (one call serves a batch of ids).
+    store_seconds: Histograms,
+    /// Ids per idempotency store call, by operation.
+    store_batch_size: Histograms,
+    /// Seconds per broker settlement (`ack`, `retry`) of one message.
+    settle_seconds: Histograms,
     /// Per `Settled` variant (its discriminant is the index), for `/status`.
     totals: [AtomicU64; 5],
     lag: AtomicI64,
@@ -75,6 +104,9 @@ impl ConsumerMetrics {
             ]),
             lag_messages: Gauge::default(),
             lag_oldest_age_seconds: Gauge::default(),
+            store_seconds: round_trips(),
+            store_batch_size: batch_sizes(),
+            settle_seconds: round_trips(),
             totals: Default::default(),
             lag: AtomicI64::new(-1),
             oldest_age: AtomicI64::new(-1),
@@ -130,7 +162,38 @@ impl ConsumerMetrics {
             "Age of the oldest message not yet acknowledged, where the broker tells it",
             metrics.lag_oldest_age_seconds.clone(),
         );
+        prefix.register(
+            "idempotency_seconds",
+            "Time per idempotency store call, by operation; one call serves a batch of ids",
+            metrics.store_seconds.clone(),
+        );
+        prefix.register(
+            "idempotency_batch_size",
+            "Message ids per idempotency store call, by operation",
+            metrics.store_batch_size.clone(),
+        );
+        prefix.register(
+            "settle_seconds",
+            "Time to settle one message with the broker, by operation (ack, retry)",
+            metrics.settle_seconds.clone(),
+        );
         metrics
+    }
+
+    pub fn observe_store(&self, operation: &'static str, ids: usize, elapsed: Duration) {
+        let labels = OperationLabels { operation };
+        self.store_seconds
+            .get_or_create(&labels)
+            .observe(elapsed.as_secs_f64());
+        self.store_batch_size
+            .get_or_create(&labels)
+            .observe(ids as f64);
+    }
+
+    pub fn observe_settle(&self, operation: &'static str, elapsed: Duration) {
+        self.settle_seconds
+            .get_or_create(&OperationLabels { operation })
+            .observe(elapsed.as_secs_f64());
     }
 
     pub fn record(&self, settled: Settled) {

@@ -10,6 +10,7 @@ mod replay;
 mod schedule;
 mod session;
 pub mod sink;
+mod slots;
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
@@ -41,6 +42,7 @@ pub(crate) struct Shared {
     replays: Option<Arc<TableStore>>,
     backoff: Backoff,
     ack_timeout: Duration,
+    slots: slots::Slots,
     metrics: Arc<ConsumerMetrics>,
     health: Arc<Health>,
 }
@@ -193,11 +195,14 @@ async fn connect(
     health.set_database(true);
     Some((
         Shared {
-            idempotency: raw_store.clone().map(BatchedStore::new),
+            idempotency: raw_store
+                .clone()
+                .map(|store| BatchedStore::new(store, metrics.clone())),
             dead_letters,
             replays,
             backoff,
             ack_timeout: lease,
+            slots: slots::Slots::new(config.concurrency),
             sink,
             config,
             metrics,

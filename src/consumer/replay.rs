@@ -71,7 +71,7 @@ async fn replay(
     let max_attempts = u32::try_from(shared.config.retry.max_attempts.max(1)).unwrap_or(1);
     let mut attempt = 1;
     loop {
-        let wait = match attempt_once(shared, &delivery).await {
+        let wait = match attempt_once(shared, &delivery, shutdown).await {
             Attempt::Settled(settled) => {
                 if settled == Settled::Delivered {
                     shared.metrics.record(Settled::Delivered);
@@ -87,6 +87,8 @@ async fn replay(
                 }
                 return;
             }
+            // Taken again after its lease.
+            Attempt::Stopped => return,
             Attempt::Busy => BUSY_WAIT,
             Attempt::StoreDown(_) => shared.backoff.delay_for(attempt),
             Attempt::Failed(failure) => {

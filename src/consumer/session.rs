@@ -9,7 +9,7 @@ use tokio::{
 };
 use tokio_util::sync::CancellationToken;
 
-use super::{Shared, deliver::deliver, metrics::Settled, schedule::Schedule};
+use super::{Shared, deliver::deliver, schedule::Schedule};
 use crate::{
     api::Ordering,
     broker::{
@@ -102,15 +102,13 @@ async fn run_session(
         subscriber.clone(),
         stop_receiving.clone(),
     ));
-    let concurrency = shared.config.concurrency.max(1) as usize;
     let mut schedule = Schedule::new(shared.config.ordering == Ordering::PerKey);
-    let mut running: JoinSet<(String, Result<Settled, BrokerError>)> = JoinSet::new();
+    // Every message the schedule lets go gets its task at once (the credits bound how many);
+    // the delivery slots inside limit how many are at the sink (see `slots`).
+    let mut running: JoinSet<(String, Result<(), BrokerError>)> = JoinSet::new();
     let mut outcome = Ok(());
     loop {
-        while running.len() < concurrency {
-            let Some((key, delivery)) = schedule.next() else {
-                break;
-            };
+        while let Some((key, delivery)) = schedule.next() {
             let (shared, subscriber, shutdown) =
                 (shared.clone(), subscriber.clone(), shutdown.clone());
             running.spawn(async move {

@@ -21,6 +21,10 @@ use crate::{
 const PURGE_BATCH: i64 = 1_000;
 
 /// Statements that create the table; each is idempotent.
+///
+/// The key leads with the message id: every statement looks ids up in batches, and with the
+/// consumer first a table without planner statistics (a new one, or autovacuum off) was read as
+/// "few rows per consumer" and scanned by consumer, every row of it per statement.
 pub fn idempotency_ddl(engine: DatabaseEngine, table: &str) -> Vec<String> {
     let t = TableName::new(table);
     let (q, bare) = (&t.qualified, &t.bare);
@@ -41,7 +45,7 @@ pub fn idempotency_ddl(engine: DatabaseEngine, table: &str) -> Vec<String> {
     state       VARCHAR(8) NOT NULL,
     lease_until {time},
     updated_at  {time},
-    PRIMARY KEY (consumer, message_id)
+    PRIMARY KEY (message_id, consumer)
 )"
         ),
         index,
