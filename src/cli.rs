@@ -280,22 +280,11 @@ fn print_config<T: serde::Serialize>(
     Ok(ExitCode::SUCCESS)
 }
 
-fn dead_letter_url(dead_letter: &config::DeadLetterConfig) -> &config::SecretSource {
-    match dead_letter {
-        config::DeadLetterConfig::Database(database) => &database.url,
-        config::DeadLetterConfig::Topic(topic) => &topic.url,
-    }
-}
-
 fn render_relay_config(paths: &[PathBuf], name: &str, namespace: &str) -> anyhow::Result<ExitCode> {
     let catalog = admitted_catalog(paths, namespace)?;
     let relay = config::resolve_relay(&catalog, namespace, name, &config::secret_from_env)
         .map_err(|errors| resolution_error("OutboxSource", namespace, name, &errors))?;
-    let urls = std::iter::once(&relay.database.url)
-        .chain(relay.topics.values().map(|topic| &topic.url))
-        .chain(relay.dead_letter.iter().map(dead_letter_url))
-        .collect();
-    print_config("relay", urls, &relay)
+    print_config("relay", relay.secret_sources(), &relay)
 }
 
 fn render_consumer_config(
@@ -306,14 +295,7 @@ fn render_consumer_config(
     let catalog = admitted_catalog(paths, namespace)?;
     let consumer = config::resolve_consumer(&catalog, namespace, name, &config::secret_from_env)
         .map_err(|errors| resolution_error("Consumer", namespace, name, &errors))?;
-    let urls = std::iter::once(&consumer.topic.url)
-        .chain(consumer.idempotency.iter().map(|store| match store {
-            config::IdempotencyConfig::Database { database, .. } => &database.url,
-            config::IdempotencyConfig::Redis { url, .. } => url,
-        }))
-        .chain(consumer.dead_letter.iter().map(dead_letter_url))
-        .collect();
-    print_config("consumer", urls, &consumer)
+    print_config("consumer", consumer.secret_sources(), &consumer)
 }
 
 async fn run_consumer(path: &std::path::Path) -> anyhow::Result<ExitCode> {

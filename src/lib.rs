@@ -12,6 +12,7 @@ pub mod dlq;
 pub mod manifest;
 pub mod message;
 pub mod observe;
+pub mod operator;
 pub mod outbox;
 pub mod relay;
 pub mod retry;

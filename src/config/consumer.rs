@@ -39,6 +39,17 @@ pub struct ConsumerConfig {
     pub ack_timeout: Option<Duration>,
 }
 
+impl ConsumerConfig {
+    /// Every secret the consumer reads (the topic's broker, the idempotency store, the
+    /// dead-letter store), in that order; a source used twice is listed twice.
+    pub fn secret_sources(&self) -> Vec<&SecretSource> {
+        std::iter::once(&self.topic.url)
+            .chain(self.idempotency.iter().map(IdempotencyConfig::url))
+            .chain(self.dead_letter.iter().map(DeadLetterConfig::url))
+            .collect()
+    }
+}
+
 /// Which Consumer this is.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -87,6 +98,14 @@ pub enum IdempotencyConfig {
 }
 
 impl IdempotencyConfig {
+    /// Where the store's connection URL comes from.
+    pub fn url(&self) -> &SecretSource {
+        match self {
+            Self::Database { database, .. } => &database.url,
+            Self::Redis { url, .. } => url,
+        }
+    }
+
     pub fn window(&self) -> Duration {
         match self {
             Self::Database { window, .. } | Self::Redis { window, .. } => *window,

@@ -31,6 +31,17 @@ pub struct RelayConfig {
     pub http: HttpConfig,
 }
 
+impl RelayConfig {
+    /// Every secret the relay reads (the outbox database, each topic's broker, the dead-letter
+    /// store), in that order; a source used twice is listed twice.
+    pub fn secret_sources(&self) -> Vec<&SecretSource> {
+        std::iter::once(&self.database.url)
+            .chain(self.topics.values().map(|topic| &topic.url))
+            .chain(self.dead_letter.iter().map(DeadLetterConfig::url))
+            .collect()
+    }
+}
+
 /// Which OutboxSource this is; `ce-source` is `/namespaces/<namespace>/outboxsources/<name>`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -104,6 +115,16 @@ pub enum DeadLetterConfig {
     Database(DatabaseConfig),
     /// A broker topic.
     Topic(TopicConfig),
+}
+
+impl DeadLetterConfig {
+    /// Where the dead-letter store's connection URL comes from.
+    pub fn url(&self) -> &SecretSource {
+        match self {
+            Self::Database(database) => &database.url,
+            Self::Topic(topic) => &topic.url,
+        }
+    }
 }
 
 /// The status, health and metrics endpoints.
