@@ -38,6 +38,17 @@ pub enum BrokerError {
     /// Receiving or settling a message failed (a consumer-side protocol error or timeout).
     #[error("topic {topic}: {message}")]
     Receive { topic: String, message: String },
+    /// The broker refused a message of the batch as larger than its limit, which it had not
+    /// announced (RabbitMQ's `max_message_size`). The relay keeps the limit for this topic, so
+    /// the next attempt dead-letters the message instead of sending it again.
+    #[error(
+        "topic {topic}: the broker refused a message over its size limit of {limit} bytes: {message}"
+    )]
+    TooLarge {
+        topic: String,
+        limit: usize,
+        message: String,
+    },
 }
 
 impl BrokerError {
@@ -49,6 +60,7 @@ impl BrokerError {
             Self::Topology { .. } => "topology",
             Self::Publish { .. } => "publish",
             Self::Receive { .. } => "receive",
+            Self::TooLarge { .. } => "too_large",
         }
     }
 }

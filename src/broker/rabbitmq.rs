@@ -393,10 +393,28 @@ fn soft_error(error: &lapin::Error) -> Option<AMQPSoftError> {
 /// Any failure of the connection or a channel: the relay gives this publisher up and connects
 /// again. The URL is not part of the message, as it may hold a password.
 fn lapin_error(topic: &str, error: &lapin::Error) -> BrokerError {
-    BrokerError::Connection {
-        topic: topic.to_owned(),
-        message: error.to_string(),
+    let message = error.to_string();
+    match size_limit_in(&message) {
+        Some(limit) => BrokerError::TooLarge {
+            topic: topic.to_owned(),
+            limit,
+            message,
+        },
+        None => BrokerError::Connection {
+            topic: topic.to_owned(),
+            message,
+        },
     }
+}
+
+/// The limit in RabbitMQ's refusal of an oversized message: the channel is closed with
+/// `PRECONDITION_FAILED - message size N is larger than configured max size M`. The limit is
+/// not announced when connecting, so this is the only way to learn it.
+fn size_limit_in(message: &str) -> Option<usize> {
+    const MARKER: &str = "larger than configured max size ";
+    let rest = &message[message.find(MARKER)? + MARKER.len()..];
+    let digits = rest.split(|c: char| !c.is_ascii_digit()).next()?;
+    digits.parse().ok()
 }
 
 pub mod subscriber;
@@ -404,6 +422,14 @@ pub mod subscriber;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_size_limit_is_read_from_rabbitmqs_refusal() {
+        let refusal = "protocol error: AMQP soft error: PRECONDITION_FAILED - message size 9000 \
+                       is larger than configured max size 4096";
+        assert_eq!(size_limit_in(refusal), Some(4096));
+        assert_eq!(size_limit_in("NOT_FOUND - no exchange 'x'"), None);
+    }
 
     #[test]
     fn a_routing_key_over_255_bytes_is_refused_before_sending() {

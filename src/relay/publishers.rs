@@ -15,6 +15,9 @@ type Slot = (TopicConfig, Mutex<Option<Arc<dyn Publisher>>>);
 
 pub struct Publishers {
     slots: BTreeMap<String, Slot>,
+    /// Size limits a broker revealed only by refusing a message, by topic; they outlive the
+    /// connection that learned them.
+    learned_limits: std::sync::Mutex<BTreeMap<String, usize>>,
 }
 
 impl Publishers {
@@ -24,6 +27,7 @@ impl Publishers {
                 .iter()
                 .map(|(name, topic)| (name.clone(), (topic.clone(), Mutex::new(None))))
                 .collect(),
+            learned_limits: std::sync::Mutex::default(),
         }
     }
 
@@ -66,13 +70,31 @@ impl Publishers {
         Ok(())
     }
 
-    /// The largest message `topic` accepts: the broker's own limit where it has one.
+    /// The largest message `topic` accepts: the broker's own limit where it has one, announced
+    /// or learned from a refusal.
     pub async fn limit(&self, topic: &str) -> Option<usize> {
         let (_, slot) = self.slots.get(topic)?;
-        slot.lock()
+        let announced = slot
+            .lock()
             .await
             .as_ref()
-            .and_then(|publisher| publisher.max_message_bytes())
+            .and_then(|publisher| publisher.max_message_bytes());
+        let learned = self.learned_limits().get(topic).copied();
+        match (announced, learned) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Remembers a limit the broker revealed by refusing a message.
+    pub fn learn_limit(&self, topic: &str, limit: usize) {
+        self.learned_limits().insert(topic.to_owned(), limit);
+    }
+
+    fn learned_limits(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, usize>> {
+        self.learned_limits
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// False when any connected publisher reports its connection down.

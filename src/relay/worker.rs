@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Shared, router::Destination};
 use crate::{
-    broker::Outcome,
+    broker::{BrokerError, Outcome},
     dlq::DeadLetter,
     message::{Envelope, OutboxEvent, Unpublishable, envelope},
     outbox::{Claim, Completion},
@@ -120,7 +120,14 @@ async fn process(shared: &Shared) -> Batch {
             }
             Err(error) => {
                 shared.publishers.reset(topic).await;
-                shared.health.set_broker(false);
+                if let BrokerError::TooLarge { limit, .. } = &error {
+                    // The broker is up. On the next try the oversized messages are measured
+                    // against the learned limit and dead-lettered instead of sent again.
+                    shared.publishers.learn_limit(topic, *limit);
+                    tracing::warn!(topic, limit, "the broker revealed a message size limit");
+                } else {
+                    shared.health.set_broker(false);
+                }
                 return give_up(shared, claim, error.category(), error.to_string()).await;
             }
         };

@@ -168,3 +168,59 @@ async fn without_a_dead_letter_queue_bad_rows_stay_marked_failed_and_the_rest_fl
     );
     relay.stop().await;
 }
+
+/// RabbitMQ does not announce its `max_message_size`: it closes the channel when a message is
+/// over it. The relay learns the limit from that refusal and dead-letters the message on the
+/// next try, instead of sending it again for ever.
+#[tokio::test]
+async fn a_message_over_rabbitmqs_unannounced_size_limit_is_dead_lettered_and_the_rest_flow() {
+    let rabbitmq = crate::support::servers::rabbitmq::PrivateRabbitMq::launch_with_config(
+        "max_message_size = 4096",
+    )
+    .await
+    .expect("private rabbitmq");
+    let source = Source::new(DatabaseEngine::Sqlite).await;
+    let mut good = source.commit_orders(0, 5, 1).await;
+    let big = format!("{{\"blob\": \"{}\"}}", "x".repeat(8 * 1024));
+    source
+        .execute(&format!(
+            "INSERT INTO {} (id, aggregate_type, aggregate_id, event_type, payload) VALUES ('00000000-0000-4000-8000-0000000000b1', 'Order', 'customer-0', 'order.created', '{big}')",
+            source.table
+        ))
+        .await;
+    good.extend(source.commit_orders(5, 5, 1).await);
+
+    let exchange = crate::support::unique_name("ferry_limit");
+    let reader = Reader::rabbitmq(&rabbitmq.url(), &exchange).await;
+    let mut topic = crate::harness::rabbitmq_topic(&exchange);
+    topic.url = SecretSource::Value(rabbitmq.url());
+    let mut config = crate::harness::relay_config(&source, topic);
+    config.dead_letter = Some(DeadLetterConfig::Database(DatabaseConfig {
+        engine: DatabaseEngine::Sqlite,
+        url: SecretSource::Value(source.url.clone()),
+        table: "dead_letters".into(),
+    }));
+    let relay = InProcessRelay::start(config).await;
+
+    let status = wait_for_pending(&relay, 0).await;
+    assert_eq!(status["deadLetteredTotal"], 1, "{status}");
+    let arrived = reader.wait_for(good.len(), Duration::from_secs(60)).await;
+    let result = check(&good, &arrived);
+    assert_eq!(result.missing, 0, "{result:?}");
+    // The refused batch's messages before the oversized one were confirmed before RabbitMQ
+    // closed the channel, and are published again with the rest of the batch: at least once.
+    assert!(result.duplicates <= 5, "{result:?}");
+    assert!(result.out_of_order_keys.is_empty(), "{result:?}");
+    let pool = ferry::outbox::sqlite::open_pool(&source.url)
+        .await
+        .expect("pool");
+    let (id, category, error): (String, String, String) =
+        sqlx::query_as("SELECT message_id, error_category, last_error FROM dead_letters")
+            .fetch_one(&pool)
+            .await
+            .expect("one dead letter");
+    assert_eq!(id, "00000000-0000-4000-8000-0000000000b1");
+    assert_eq!(category, "too_large");
+    assert!(error.contains("4096"), "{error}");
+    relay.stop().await;
+}

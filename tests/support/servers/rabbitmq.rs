@@ -26,6 +26,11 @@ const RABBITMQ_BIN: &str = "/usr/lib/rabbitmq/bin";
 
 impl PrivateRabbitMq {
     pub async fn launch() -> Result<Self, ServerError> {
+        Self::launch_with_config("").await
+    }
+
+    /// A node with extra lines in its `rabbitmq.conf` (e.g. `max_message_size = 4096`).
+    pub async fn launch_with_config(extra: &str) -> Result<Self, ServerError> {
         let dir = temp_dir("rabbitmq")?;
         let log = dir.path().join("rabbitmq.log");
         let port = port_or_error("rabbitmq", &log)?;
@@ -39,7 +44,10 @@ impl PrivateRabbitMq {
             // Our own (empty) env file and config: the machine's set the shared node's name and
             // its listener on 5672. All logs go to the console, which is our log file.
             ("rabbitmq-env.conf", ""),
-            ("rabbitmq.conf", "log.console = true\nlog.file = false\n"),
+            (
+                "rabbitmq.conf",
+                &format!("log.console = true\nlog.file = false\n{extra}\n"),
+            ),
             ("enabled_plugins", "[].\n"),
         ];
         for (name, text) in files {
