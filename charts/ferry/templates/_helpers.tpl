@@ -36,7 +36,6 @@ Labels of every object of the release.
 helm.sh/chart: {{ include "ferry.chart" . }}
 {{ include "ferry.selectorLabels" . }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
-app.kubernetes.io/component: operator
 app.kubernetes.io/part-of: ferry
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
@@ -47,6 +46,7 @@ The labels that select the operator pods; they never change between upgrades.
 {{- define "ferry.selectorLabels" -}}
 app.kubernetes.io/name: {{ include "ferry.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: operator
 {{- end }}
 
 {{/*
