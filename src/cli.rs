@@ -92,6 +92,69 @@ pub enum Command {
         #[command(subcommand)]
         command: OutboxCommand,
     },
+    /// Run the operator: give each OutboxSource a relay workload and each Consumer a consumer
+    /// workload, configured from what they reference.
+    Operator(OperatorArgs),
+}
+
+/// The flags of `ferry operator` (the chart's spellings are accepted as aliases).
+#[derive(Debug, clap::Args)]
+pub struct OperatorArgs {
+    /// Watch this namespace only; repeat it, or separate names with commas, for several.
+    /// Without it, every namespace is watched.
+    #[arg(
+        long = "namespace",
+        visible_alias = "namespaces",
+        value_name = "NAMESPACE",
+        value_delimiter = ',',
+        conflicts_with = "all_namespaces"
+    )]
+    pub namespaces: Vec<String>,
+    /// Watch every namespace (the default when no --namespace is given).
+    #[arg(long)]
+    pub all_namespaces: bool,
+    /// The image of the relay and consumer workloads when a resource names none.
+    #[arg(
+        long = "image",
+        visible_alias = "workload-image",
+        env = "FERRY_WORKLOAD_IMAGE",
+        default_value = concat!("ghcr.io/ferry-dev/ferry:", env!("CARGO_PKG_VERSION"))
+    )]
+    pub image: String,
+    /// Where `/healthz`, `/readyz`, `/metrics` and `/status` are served.
+    #[arg(long, default_value = "0.0.0.0:8080", conflicts_with = "metrics_port")]
+    pub metrics_address: std::net::SocketAddr,
+    /// Serve them on `0.0.0.0:PORT` instead.
+    #[arg(long, value_name = "PORT")]
+    pub metrics_port: Option<u16>,
+    /// Leader election on a Lease. Not implemented yet: run a single replica.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub leader_election: bool,
+}
+
+impl OperatorArgs {
+    pub fn options(&self) -> crate::operator::controller::OperatorOptions {
+        use crate::operator::{controller::Scope, reconcile::Settings};
+        let scope = if self.namespaces.is_empty() {
+            Scope::All
+        } else {
+            let mut namespaces = self.namespaces.clone();
+            namespaces.sort();
+            namespaces.dedup();
+            Scope::Namespaces(namespaces)
+        };
+        let metrics_address = match self.metrics_port {
+            Some(port) => std::net::SocketAddr::from(([0, 0, 0, 0], port)),
+            None => self.metrics_address,
+        };
+        crate::operator::controller::OperatorOptions {
+            scope,
+            settings: Settings {
+                default_image: self.image.clone(),
+            },
+            metrics_address,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -229,7 +292,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     print,
                 },
         } => migrate_outbox(engine.into(), url, &table, print).await,
+        Command::Operator(args) => run_operator(&args).await,
     }
+}
+
+async fn run_operator(args: &OperatorArgs) -> anyhow::Result<ExitCode> {
+    if args.leader_election {
+        tracing::warn!("leader election is not implemented yet: run a single operator replica");
+    }
+    let shutdown = CancellationToken::new();
+    tokio::spawn(stop_on_signal(shutdown.clone()));
+    crate::operator::controller::run(args.options(), shutdown).await?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The objects of the manifests at `paths`, or every problem with them.
@@ -402,5 +476,56 @@ fn validate(paths: &[PathBuf], namespace: &str, check_secrets: bool) -> anyhow::
             if count == 1 { "" } else { "s" }
         )?;
         Ok(ExitCode::FAILURE)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::operator::controller::Scope;
+
+    fn operator(args: &[&str]) -> OperatorArgs {
+        let cli = Cli::try_parse_from(["ferry", "operator"].iter().chain(args))
+            .unwrap_or_else(|error| panic!("{args:?}: {error}"));
+        match cli.command {
+            Command::Operator(args) => args,
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn operator_accepts_the_flags_the_chart_passes() {
+        let args = operator(&[
+            "--metrics-port",
+            "9090",
+            "--workload-image",
+            "registry.example/ferry:1",
+            "--namespaces",
+            "shop,billing",
+            "--leader-election=false",
+        ]);
+        let options = args.options();
+        assert_eq!(
+            options.scope,
+            Scope::Namespaces(vec!["billing".into(), "shop".into()])
+        );
+        assert_eq!(options.settings.default_image, "registry.example/ferry:1");
+        assert_eq!(options.metrics_address.to_string(), "0.0.0.0:9090");
+        assert!(!args.leader_election);
+    }
+
+    #[test]
+    fn operator_watches_every_namespace_unless_told_otherwise() {
+        assert_eq!(operator(&[]).options().scope, Scope::All);
+        assert_eq!(operator(&["--all-namespaces"]).options().scope, Scope::All);
+        let repeated = operator(&["--namespace", "a", "--namespace", "b", "--image", "i"]);
+        assert_eq!(
+            repeated.options().scope,
+            Scope::Namespaces(vec!["a".into(), "b".into()])
+        );
+        assert!(
+            Cli::try_parse_from(["ferry", "operator", "--namespace", "a", "--all-namespaces"])
+                .is_err()
+        );
     }
 }

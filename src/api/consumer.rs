@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use super::{
     common::{Connection, DatabaseTable, LagThresholds, ObjectRef, Ordering, WorkloadSpec},
     duration::Duration,
-    status::{CommonStatus, LagStatus},
+    status::{CommonStatus, LagStatus, LastErrorStatus},
 };
 
 /// The default idempotency table.
@@ -186,10 +186,17 @@ pub struct ConsumerStatus {
     /// Messages delivered since the consumer started counting.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delivered_total: Option<i64>,
+    /// Messages handed back to the broker for a later attempt since the consumer started
+    /// counting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retried_total: Option<i64>,
     /// Messages sent to the dead-letter queue since the consumer started counting.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dead_lettered_total: Option<i64>,
     /// Consumer pods ready, out of the desired replicas.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ready_replicas: Option<i32>,
+    /// The consumer's most recent failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<LastErrorStatus>,
 }

@@ -10,7 +10,7 @@ use super::{
         WorkloadSpec,
     },
     duration::Duration,
-    status::{CommonStatus, LagStatus},
+    status::{CommonStatus, LagStatus, LastErrorStatus},
 };
 
 /// The default outbox table name.
@@ -267,7 +267,17 @@ pub struct OutboxSourceStatus {
     /// Rows published since the relay started counting.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub published_total: Option<i64>,
+    /// Rows sent to the dead-letter queue since the relay started counting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_lettered_total: Option<i64>,
+    /// Rows that can never be published and stay in the outbox marked failed (only without a
+    /// dead-letter queue).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_rows: Option<i64>,
     /// Relay pods ready, out of the desired replicas.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ready_replicas: Option<i32>,
+    /// The relay's most recent failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<LastErrorStatus>,
 }

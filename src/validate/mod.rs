@@ -90,6 +90,11 @@ impl FieldPath {
         Self(format!("{}[{index}]", self.0))
     }
 
+    /// The path as written: `spec.routes[0].topicRef.name`.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
     pub fn error(&self, message: impl Into<String>) -> FieldError {
         FieldError::new(self.0.clone(), message)
     }

@@ -26,7 +26,7 @@ pub use configmap::{CONFIG_FILE, build_config_map, config_hash};
 pub use deployment::{
     CONFIG_DIR, CONFIG_HASH_ANNOTATION, HTTP_PORT_NAME, RUN_AS_USER, build_deployment,
 };
-pub use names::{child_name, label_value, labels, selector_labels};
+pub use names::{LABEL_MANAGED_BY, MANAGER, child_name, label_value, labels, selector_labels};
 pub use pdb::build_pdb;
 pub use secrets::SecretEnv;
 pub use service::build_service;
