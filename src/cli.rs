@@ -127,7 +127,8 @@ pub struct OperatorArgs {
     /// Serve them on `0.0.0.0:PORT` instead.
     #[arg(long, value_name = "PORT")]
     pub metrics_port: Option<u16>,
-    /// Leader election on a Lease. Not implemented yet: run a single replica.
+    /// Run the controllers only while holding the `ferry-operator` Lease in the namespace
+    /// `POD_NAMESPACE`, so that several replicas are safe (`--leader-election=false`: always).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub leader_election: bool,
 }
@@ -151,8 +152,10 @@ impl OperatorArgs {
             scope,
             settings: Settings {
                 default_image: self.image.clone(),
+                probe: std::sync::Arc::new(crate::operator::probe::HttpProbe::new()),
             },
             metrics_address,
+            leader_election: self.leader_election,
         }
     }
 }
@@ -297,9 +300,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 async fn run_operator(args: &OperatorArgs) -> anyhow::Result<ExitCode> {
-    if args.leader_election {
-        tracing::warn!("leader election is not implemented yet: run a single operator replica");
-    }
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signal(shutdown.clone()));
     crate::operator::controller::run(args.options(), shutdown).await?;
@@ -511,7 +511,8 @@ mod tests {
         );
         assert_eq!(options.settings.default_image, "registry.example/ferry:1");
         assert_eq!(options.metrics_address.to_string(), "0.0.0.0:9090");
-        assert!(!args.leader_election);
+        assert!(!options.leader_election);
+        assert!(operator(&[]).options().leader_election);
     }
 
     #[test]

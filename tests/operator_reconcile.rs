@@ -195,7 +195,7 @@ async fn a_missing_broker_topic_names_the_field_waits_for_a_change_and_applies_n
         "{fields:?}"
     );
     let calls = api.calls();
-    assert!(!calls.iter().any(Call::is_write), "{calls:#?}");
+    assert!(!calls.iter().any(Call::writes_a_child), "{calls:#?}");
     assert!(api.objects("Deployment", "shop").is_empty());
 
     let events: Vec<_> = calls
@@ -237,7 +237,7 @@ async fn an_invalid_spec_keeps_the_running_workload_and_deletes_nothing() {
         "{:?}",
         fields(&outcome)
     );
-    assert!(!api.calls().iter().any(Call::is_write));
+    assert!(!api.calls().iter().any(Call::writes_a_child));
     assert!(api.get("Deployment", "shop", "orders-relay").is_some());
 }
 
@@ -279,7 +279,7 @@ async fn a_missing_secret_key_names_the_key_field() {
 }
 
 #[tokio::test]
-async fn a_first_reconcile_reads_the_namespace_then_applies_four_children() {
+async fn a_first_reconcile_reads_the_namespace_applies_four_children_then_the_status() {
     let api = orders();
     reconcile_orders(&api).await;
     let verbs: Vec<String> = api
@@ -291,6 +291,7 @@ async fn a_first_reconcile_reads_the_namespace_then_applies_four_children() {
             Call::Apply { kind, .. } => format!("apply {}", kind.as_str()),
             Call::Delete { kind, .. } => format!("delete {}", kind.as_str()),
             Call::ListChildren { .. } => "list children".to_owned(),
+            Call::ApplyStatus { kind, .. } => format!("apply status {kind}"),
             Call::Event(_) => "event".to_owned(),
         })
         .collect();
@@ -308,6 +309,7 @@ async fn a_first_reconcile_reads_the_namespace_then_applies_four_children() {
             "apply PodDisruptionBudget",
             "list children",
             "get Deployment",
+            "apply status OutboxSource",
         ]
     );
 }

@@ -260,6 +260,28 @@ fn dead_letters_condition_above_alert_threshold() {
 }
 
 #[test]
+fn dead_letters_condition_uses_the_depth_the_workload_counts() {
+    let mut observed = healthy_consumer();
+    observed.dead_letters = Some(dead_letter_queue(None, Some(10)));
+    let mut document = consumer_status_json(4, Some(1));
+    document["deadLetterDepth"] = serde_json::json!(12);
+    observed.probe = read(&document);
+    let status = compute_status(&observed);
+    let dead_letters = condition(&status.common, condition_type::DEAD_LETTERS);
+    assert_eq!(
+        (dead_letters.status.as_str(), dead_letters.reason.as_str()),
+        ("True", "AboveAlertThreshold"),
+        "{}",
+        dead_letters.message
+    );
+    assert!(
+        dead_letters.message.contains("12"),
+        "{}",
+        dead_letters.message
+    );
+}
+
+#[test]
 fn relay_without_dead_letter_queue_reports_failed_rows() {
     let mut observed = healthy_relay();
     observed.dead_letters = None;

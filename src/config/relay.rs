@@ -51,6 +51,11 @@ pub struct SourceIdentity {
 }
 
 impl SourceIdentity {
+    /// Who gave up on a row, in its dead letters: `outboxsource/<namespace>/<name>`.
+    pub fn origin(&self) -> String {
+        format!("outboxsource/{}/{}", self.namespace, self.name)
+    }
+
     pub fn cloud_event_source(&self) -> String {
         format!("/namespaces/{}/outboxsources/{}", self.namespace, self.name)
     }

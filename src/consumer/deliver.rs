@@ -230,6 +230,7 @@ async fn dead_letter(
     let letter = letter_of(shared, delivery, attempts, failure);
     match store.put(&letter).await {
         Ok(()) => {
+            shared.metrics.dead_letter_depth.recount();
             subscriber.ack(delivery).await?;
             shared.metrics.record(Settled::DeadLettered);
             tracing::warn!(id = %delivery.id, attempts, error = %failure, "dead-lettered");

@@ -17,6 +17,7 @@ use serde_json::json;
 
 use crate::{
     broker::subscriber::BrokerLag,
+    dlq::depth::Depth,
     observe::{Health, http::StatusReport},
 };
 
@@ -83,6 +84,8 @@ pub struct ConsumerMetrics {
     store_batch_size: Histograms,
     /// Seconds per broker settlement (`ack`, `retry`) of one message.
     settle_seconds: Histograms,
+    /// This consumer's dead letters waiting for a decision, when the queue is a table.
+    pub dead_letter_depth: Arc<Depth>,
     /// Per `Settled` variant (its discriminant is the index), for `/status`.
     totals: [AtomicU64; 5],
     lag: AtomicI64,
@@ -107,6 +110,7 @@ impl ConsumerMetrics {
             store_seconds: round_trips(),
             store_batch_size: batch_sizes(),
             settle_seconds: round_trips(),
+            dead_letter_depth: Arc::new(Depth::new(Gauge::default())),
             totals: Default::default(),
             lag: AtomicI64::new(-1),
             oldest_age: AtomicI64::new(-1),
@@ -171,6 +175,11 @@ impl ConsumerMetrics {
             "idempotency_batch_size",
             "Message ids per idempotency store call, by operation",
             metrics.store_batch_size.clone(),
+        );
+        prefix.register(
+            "dead_letter_depth",
+            "This consumer's dead letters waiting for a decision (counted every 30 s)",
+            metrics.dead_letter_depth.gauge(),
         );
         prefix.register(
             "settle_seconds",
@@ -255,6 +264,7 @@ impl StatusReport for ConsumerReport {
             "filteredTotal": metrics.total(Settled::Filtered),
             "retriedTotal": metrics.total(Settled::Retried),
             "deadLetteredTotal": metrics.total(Settled::DeadLettered),
+            "deadLetterDepth": metrics.dead_letter_depth.get(),
             "inFlight": metrics.in_flight.get(),
             "brokerConnected": self.health.broker(),
             "storesConnected": self.health.database(),

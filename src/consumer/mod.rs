@@ -132,6 +132,14 @@ pub async fn start(
             if let Some(store) = raw_store {
                 tokio::spawn(purge_idempotency(store, background.clone()));
             }
+            if let Some(table) = shared.replays.clone() {
+                tokio::spawn(dlq::depth::follow(
+                    table,
+                    shared.config.consumer.origin(),
+                    shared.metrics.dead_letter_depth.clone(),
+                    background.clone(),
+                ));
+            }
             if let Some(replays) = shared.replays.clone() {
                 tokio::spawn(replay::serve_requests(
                     shared.clone(),

@@ -4,6 +4,7 @@
 pub mod args;
 pub mod command;
 mod db;
+pub mod depth;
 pub mod discard;
 pub mod error;
 pub mod history;

@@ -1,6 +1,6 @@
 //! The narrow slice of the Kubernetes API the reconciler uses, as one trait: read the Ferry
 //! objects and Secrets of a namespace, server-side apply and delete children, read a
-//! Deployment's status, publish an event. `KubeApi` talks to a cluster; `MemoryApi` keeps
+//! Deployment, server-side apply an OutboxSource's or Consumer's status, publish an event. `KubeApi` talks to a cluster; `MemoryApi` keeps
 //! everything in memory for tests.
 
 mod kube;
@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use k8s_openapi::{
     Resource as _,
     api::{
-        apps::v1::{Deployment, DeploymentStatus},
+        apps::v1::Deployment,
         core::v1::{ConfigMap, ObjectReference, Secret, Service},
         policy::v1::PodDisruptionBudget,
     },
@@ -46,7 +46,8 @@ pub enum ApiError {
         #[source]
         source: serde_json::Error,
     },
-    /// A failure `MemoryApi` was told to return.
+    /// A failure of `MemoryApi`: one it was told to return, or a status written to an object
+    /// it does not hold.
     #[error("{verb} {what}: {message}")]
     Injected {
         verb: &'static str,
@@ -232,12 +233,21 @@ pub trait ClusterApi: Send + Sync {
         labels: &BTreeMap<String, String>,
     ) -> Result<Vec<ChildMeta>, ApiError>;
 
-    /// A Deployment's status, `None` when it does not exist or has none yet.
-    async fn deployment_status(
+    /// A Deployment (its generation, replicas asked for and status), `None` when it does not
+    /// exist.
+    async fn deployment(&self, namespace: &str, name: &str)
+    -> Result<Option<Deployment>, ApiError>;
+
+    /// Server-side applies `patch` (`apiVersion`, `kind` and `status`) to the status
+    /// subresource of a Ferry object, with field manager `ferry-operator`, forcing conflicts.
+    /// The object's current status needs no call of its own: it comes with `get_ferry`.
+    async fn apply_status(
         &self,
+        kind: Kind,
         namespace: &str,
         name: &str,
-    ) -> Result<Option<DeploymentStatus>, ApiError>;
+        patch: &Value,
+    ) -> Result<(), ApiError>;
 
     async fn publish_event(&self, event: &Event) -> Result<(), ApiError>;
 }

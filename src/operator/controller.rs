@@ -4,7 +4,11 @@
 //! `watch.rs`. An invalid resource waits for a change; a failed API call is retried with
 //! exponential backoff.
 //!
-//! Not here yet: leader election (run one replica) and status writing (`write_status`).
+//! With leader election on, the controllers (every write) run only while this replica holds
+//! the Lease (`lease/`); losing it ends the process with an error, so that the pod restarts
+//! as a follower. Every reconcile ends by writing the resource's status when it changed
+//! (`reconcile::write_status`), and a working resource is reconciled again every `RESYNC` so
+//! that its lag and health figures stay fresh.
 
 use std::{
     collections::HashMap,
@@ -39,6 +43,7 @@ use tokio_util::sync::CancellationToken;
 use super::{
     api::{FIELD_MANAGER, KubeApi},
     build::{LABEL_MANAGED_BY, MANAGER},
+    lease::{self, KubeLeases, LeaderElector, LeaseConfig, SystemClock},
     metrics::OperatorMetrics,
     reconcile::{
         Next, Outcome, ReconcileError, Settings, reconcile_consumer, reconcile_outbox_source,
@@ -51,8 +56,10 @@ use crate::{
     validate::Catalog,
 };
 
-/// How often an applied resource is looked at again without any change.
-const RESYNC: Duration = Duration::from_secs(300);
+/// How often an applied resource is looked at again without any change: its status step then
+/// reads the Deployment and the workload's `/status` again, so lag and health in the status
+/// are at most this old.
+const RESYNC: Duration = Duration::from_secs(30);
 /// The first retry after a failed API call, doubled after each further failure.
 const FIRST_RETRY: Duration = Duration::from_secs(5);
 const LAST_RETRY: Duration = Duration::from_secs(300);
@@ -71,6 +78,9 @@ pub struct OperatorOptions {
     pub settings: Settings,
     /// `/healthz`, `/readyz`, `/metrics` and `/status`.
     pub metrics_address: SocketAddr,
+    /// Run the controllers only while holding the Lease `lease::LEASE_NAME` in the namespace
+    /// `POD_NAMESPACE` (else the client's default namespace).
+    pub leader_election: bool,
 }
 
 /// An OutboxSource or a Consumer: the two kinds that have workloads.
@@ -418,9 +428,50 @@ pub async fn run(options: OperatorOptions, shutdown: CancellationToken) -> anyho
     )
     .await?;
     tracing::info!(%address, scope = ?options.scope, "operator started");
-    run_controllers(client, options.scope, ctx, shutdown).await;
+    let result = if options.leader_election {
+        run_while_leading(client, options.scope, ctx, shutdown.clone()).await
+    } else {
+        ctx.metrics.leader.set(1);
+        run_controllers(client, options.scope, ctx, shutdown.clone()).await;
+        Ok(())
+    };
+    // A lost Lease ends the process: stop serving too.
+    shutdown.cancel();
     http.await?;
-    Ok(())
+    result
+}
+
+/// Runs the controllers only while this replica holds the Lease (see `lease::run_while_leading`).
+/// A follower stays ready: it is healthy, and takes over when the leader goes. A lost Lease
+/// is an error, so that the process exits and the pod restarts as a follower.
+async fn run_while_leading(
+    client: Client,
+    scope: Scope,
+    ctx: Arc<Context>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let namespace = std::env::var("POD_NAMESPACE")
+        .ok()
+        .filter(|namespace| !namespace.is_empty())
+        .unwrap_or_else(|| client.default_namespace().to_owned());
+    let config = LeaseConfig::new(lease::identity_from_env());
+    tracing::info!(%namespace, lease = %config.name, identity = %config.identity, "waiting to lead");
+    let elector = LeaderElector::new(
+        KubeLeases::new(client.clone(), &namespace),
+        SystemClock,
+        config,
+    );
+    let controllers = run_controllers(client, scope, ctx.clone(), shutdown.clone());
+    let leader = |leads: bool| {
+        ctx.metrics.leader.set(i64::from(leads));
+    };
+    lease::run_while_leading(elector, controllers, &shutdown, leader)
+        .await
+        .map_err(|error| {
+            anyhow::anyhow!(
+                "{error} in {namespace}: stopped the controllers; exiting to restart as a follower"
+            )
+        })
 }
 
 #[cfg(test)]

@@ -1,11 +1,11 @@
-//! The operator's metrics: reconciles by kind and result, failures by stable category, and
-//! how long reconciles take.
+//! The operator's metrics: reconciles by kind and result, failures by stable category, how
+//! long reconciles take, and whether this replica leads.
 
 use std::time::Duration;
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
-    metrics::{counter::Counter, family::Family, histogram::Histogram},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
 
@@ -25,6 +25,9 @@ pub struct KindLabels {
 pub struct OperatorMetrics {
     pub reconciles: Family<ResultLabels, Counter>,
     pub durations: Family<KindLabels, Histogram>,
+    /// 1 while this replica runs the controllers (holds the Lease, or leader election is
+    /// off), else 0.
+    pub leader: Gauge,
 }
 
 impl OperatorMetrics {
@@ -36,6 +39,7 @@ impl OperatorMetrics {
                     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
                 ])
             }),
+            leader: Gauge::default(),
         };
         let operator = registry.sub_registry_with_prefix("ferry_operator");
         operator.register(
@@ -47,6 +51,11 @@ impl OperatorMetrics {
             "reconcile_duration_seconds",
             "How long a reconcile took, by kind",
             metrics.durations.clone(),
+        );
+        operator.register(
+            "leader",
+            "1 while this replica runs the controllers (it holds the leader election Lease, or leader election is off), else 0",
+            metrics.leader.clone(),
         );
         metrics
     }

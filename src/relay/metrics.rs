@@ -14,6 +14,7 @@ use prometheus_client::{
 use serde_json::json;
 
 use crate::{
+    dlq::depth::Depth,
     observe::{Health, http::StatusReport},
     outbox::PendingStats,
 };
@@ -40,6 +41,8 @@ pub struct RelayMetrics {
     pub pending_rows: Gauge,
     pub oldest_pending_age_seconds: Gauge,
     pub failed_rows: Gauge,
+    /// This source's dead letters waiting for a decision, when the queue is a table.
+    pub dead_letter_depth: Arc<Depth>,
     published_total: AtomicU64,
     dead_lettered_total: AtomicU64,
     pending: AtomicI64,
@@ -62,6 +65,7 @@ impl RelayMetrics {
             pending_rows: Gauge::default(),
             oldest_pending_age_seconds: Gauge::default(),
             failed_rows: Gauge::default(),
+            dead_letter_depth: Arc::new(Depth::new(Gauge::default())),
             published_total: AtomicU64::new(0),
             dead_lettered_total: AtomicU64::new(0),
             pending: AtomicI64::new(-1),
@@ -108,6 +112,11 @@ impl RelayMetrics {
             "failed_rows",
             "Rows marked failed in the outbox (no dead-letter queue)",
             metrics.failed_rows.clone(),
+        );
+        relay.register(
+            "dead_letter_depth",
+            "This source's dead letters waiting for a decision (counted every 30 s)",
+            metrics.dead_letter_depth.gauge(),
         );
         metrics
     }
@@ -162,6 +171,7 @@ impl StatusReport for RelayReport {
             "failedRows": self.metrics.failed.load(Ordering::Relaxed),
             "publishedTotal": self.metrics.published_total(),
             "deadLetteredTotal": self.metrics.dead_lettered_total.load(Ordering::Relaxed),
+            "deadLetterDepth": self.metrics.dead_letter_depth.get(),
             "databaseConnected": self.health.database(),
             "brokerConnected": self.health.broker(),
             "ready": self.health.ready(),

@@ -15,8 +15,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     api::outbox_source::CleanupMode,
-    config::RelayConfig,
-    dlq::{self, DeadLetterStore},
+    config::{DeadLetterConfig, RelayConfig},
+    dlq::{self, DeadLetterStore, table::TableStore},
     observe::{Health, http},
     outbox::{self, NotificationChannel, OutboxStore},
     retry::{Backoff, sleep_or_stop},
@@ -29,7 +29,9 @@ pub(crate) struct Shared {
     store: Box<dyn OutboxStore>,
     publishers: publishers::Publishers,
     router: Router,
-    dead_letters: Option<Box<dyn DeadLetterStore>>,
+    dead_letters: Option<Arc<dyn DeadLetterStore>>,
+    /// The dead-letter table, when the store is one: its depth is counted for `/status`.
+    dead_letter_table: Option<Arc<TableStore>>,
     metrics: Arc<metrics::RelayMetrics>,
     health: Arc<Health>,
 }
@@ -107,11 +109,23 @@ async fn connect(
     };
     health.set_database(true);
     backoff.reset();
-    let dead_letters = match &config.dead_letter {
-        None => None,
+    let (dead_letters, dead_letter_table) = match &config.dead_letter {
+        None => (None, None),
         Some(dead_letter) => loop {
-            match dlq::open(dead_letter).await {
-                Ok(store) => break Some(store),
+            let opened = match dead_letter {
+                DeadLetterConfig::Database(database) => {
+                    TableStore::connect(database).await.map(|table| {
+                        let table = Arc::new(table);
+                        let store: Arc<dyn DeadLetterStore> = table.clone();
+                        (Some(store), Some(table))
+                    })
+                }
+                other => dlq::open(other)
+                    .await
+                    .map(|store| (Some(Arc::from(store)), None)),
+            };
+            match opened {
+                Ok(stores) => break stores,
                 Err(error) => {
                     health.record_error("dead_letter", error.to_string());
                     tracing::warn!(%error, "cannot open the dead-letter store; retrying");
@@ -138,6 +152,7 @@ async fn connect(
         store,
         publishers,
         dead_letters,
+        dead_letter_table,
         metrics,
         health,
     })
@@ -157,6 +172,14 @@ async fn run_workers(shared: Arc<Shared>, shutdown: &CancellationToken) {
         ));
     }
     tokio::spawn(watch_pending(shared.clone(), background.clone()));
+    if let Some(table) = shared.dead_letter_table.clone() {
+        tokio::spawn(dlq::depth::follow(
+            table,
+            shared.config.source.origin(),
+            shared.metrics.dead_letter_depth.clone(),
+            background.clone(),
+        ));
+    }
     if shared.config.cleanup.mode == CleanupMode::Mark {
         tokio::spawn(purge(shared.clone(), background.clone()));
     }

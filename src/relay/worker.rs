@@ -173,6 +173,9 @@ async fn process(shared: &Shared) -> Batch {
             for refusal in &refused {
                 shared.metrics.record_dead_letter(refusal.category);
             }
+            if completion.dead_lettered {
+                shared.metrics.dead_letter_depth.recount();
+            }
             if count >= batch_size as usize {
                 Batch::Full
             } else {
@@ -284,10 +287,7 @@ async fn dead_letter(
             None => (raw_headers(event), event.payload.clone()),
         };
         let letter = DeadLetter {
-            origin: format!(
-                "outboxsource/{}/{}",
-                shared.config.source.namespace, shared.config.source.name
-            ),
+            origin: shared.config.source.origin(),
             message_id: event.id.clone(),
             event_type: event.event_type.clone(),
             message_key: event.aggregate_id.clone(),

@@ -370,6 +370,41 @@ fn chart_rbac_has_no_wildcards_and_secrets_are_read_only() {
 }
 
 #[test]
+fn chart_grants_patch_on_the_status_of_every_ferry_kind_and_nothing_else_there() {
+    for render in Render::all() {
+        let grants = render.grants();
+        for kind in [
+            "outboxsources",
+            "brokertopics",
+            "retrypolicies",
+            "deadletterqueues",
+            "consumers",
+        ] {
+            let status = format!("{kind}/status");
+            let on_status: Vec<&Grant> = grants
+                .iter()
+                .filter(|grant| grant.grants("ferry.dev", &status))
+                .collect();
+            assert!(
+                on_status
+                    .iter()
+                    .any(|grant| grant.verbs().contains("patch")),
+                "values {:?}: no rule lets the operator apply the status of {kind}",
+                render.sets
+            );
+            for grant in on_status {
+                assert_eq!(
+                    grant.verbs(),
+                    BTreeSet::from(["patch"]),
+                    "values {:?}: the status step only patches {status}",
+                    render.sets
+                );
+            }
+        }
+    }
+}
+
+#[test]
 fn chart_watch_namespaces_grant_a_role_per_namespace_and_nothing_cluster_wide() {
     let namespaced = Render::new(&["watchNamespaces={shop,billing}"]);
     assert!(

@@ -87,6 +87,12 @@ pub async fn poison_is_dead_lettered_after_max_attempts(broker: Broker) {
             status["deliveredTotal"] == 18 && status["deadLetteredTotal"] == 2
         })
         .await;
+    // Counted from the dead-letter table, for the operator's DeadLetters condition.
+    consumer
+        .wait_status("a dead-letter depth of 2", |status| {
+            status["deadLetterDepth"] == 2
+        })
+        .await;
     let mut expected = vec![
         (retryable.clone(), 4, "http_status".to_owned(), Some(500)),
         (permanent.clone(), 1, "http_status".to_owned(), Some(422)),

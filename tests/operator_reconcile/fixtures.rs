@@ -1,7 +1,10 @@
 //! Fixtures of the reconcile tests: an in-memory cluster loaded from the examples, the
 //! children the build layer gives for what it holds, and the calls the reconciler made.
 
-use std::path::{Path, PathBuf};
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+};
 
 use ferry::{
     api::Kind,
@@ -9,6 +12,7 @@ use ferry::{
     operator::{
         api::{Call, Child, MemoryApi},
         build::{ChildKind, Children, Workload, build_children},
+        probe::CannedProbe,
         reconcile::Settings,
     },
     validate::{Catalog, SecretCheck},
@@ -18,9 +22,12 @@ use serde_json::Value;
 /// The image the tests pass as the operator's default.
 pub const IMAGE: &str = "ghcr.io/ferry-dev/ferry:0.1.0";
 
+/// The operator's settings, with a probe that finds no workload answering (the in-memory
+/// cluster runs no pods).
 pub fn settings() -> Settings {
     Settings {
         default_image: IMAGE.to_owned(),
+        probe: Arc::new(CannedProbe::new()),
     }
 }
 

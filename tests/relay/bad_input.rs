@@ -93,6 +93,14 @@ async fn malformed_unroutable_oversized_and_invalid_rows_are_dead_lettered_and_t
 
     let status = wait_for_pending(&relay, 0).await;
     assert_eq!(status["deadLetteredTotal"], 4, "{status}");
+    // Counted from the dead-letter table, for the operator's DeadLetters condition.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut status = relay.status().await;
+    while status["deadLetterDepth"] != 4 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        status = relay.status().await;
+    }
+    assert_eq!(status["deadLetterDepth"], 4, "{status}");
     let pool = ferry::outbox::sqlite::open_pool(&source.url)
         .await
         .expect("pool");

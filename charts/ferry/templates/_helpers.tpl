@@ -89,7 +89,8 @@ group, resource and verb is named.
     - deadletterqueues
     - consumers
   verbs: ["get", "list", "watch"]
-# Report progress and conditions on their status subresource (server-side apply).
+# Report progress and conditions on their status subresource: a server-side
+# apply is a patch (the current status comes with the object read above).
 - apiGroups: ["ferry.dev"]
   resources:
     - outboxsources/status
@@ -97,7 +98,7 @@ group, resource and verb is named.
     - retrypolicies/status
     - deadletterqueues/status
     - consumers/status
-  verbs: ["get", "patch", "update"]
+  verbs: ["patch"]
 # Add and remove the finalizer that runs cleanup before a resource is deleted.
 # (Also needed to set blockOwnerDeletion on children's owner references.)
 - apiGroups: ["ferry.dev"]

@@ -1,6 +1,6 @@
-//! `ClusterApi` over a real cluster through `kube::Client`: every child is written with a
-//! server-side apply patch, field manager `ferry-operator`, forced; events go through one
-//! shared `Recorder`.
+//! `ClusterApi` over a real cluster through `kube::Client`: every child, and the status
+//! subresource of an OutboxSource or Consumer, is written with a server-side apply patch,
+//! field manager `ferry-operator`, forced; events go through one shared `Recorder`.
 
 use std::collections::BTreeMap;
 
@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use k8s_openapi::{
     NamespaceResourceScope,
     api::{
-        apps::v1::{Deployment, DeploymentStatus},
+        apps::v1::Deployment,
         core::v1::{ConfigMap, Secret, Service},
         policy::v1::PodDisruptionBudget,
     },
@@ -241,19 +241,34 @@ impl ClusterApi for KubeApi {
         Ok(children)
     }
 
-    async fn deployment_status(
+    async fn deployment(
         &self,
         namespace: &str,
         name: &str,
-    ) -> Result<Option<DeploymentStatus>, ApiError> {
-        let deployment = self
-            .typed::<Deployment>(namespace)
+    ) -> Result<Option<Deployment>, ApiError> {
+        self.typed::<Deployment>(namespace)
             .get_opt(name)
             .await
             .map_err(kube_error("get", || {
                 format!("Deployment {namespace}/{name}")
+            }))
+    }
+
+    async fn apply_status(
+        &self,
+        kind: Kind,
+        namespace: &str,
+        name: &str,
+        patch: &Value,
+    ) -> Result<(), ApiError> {
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        self.ferry(kind, namespace)
+            .patch_status(name, &params, &Patch::Apply(patch))
+            .await
+            .map_err(kube_error("apply status of", || {
+                format!("{kind} {namespace}/{name}")
             }))?;
-        Ok(deployment.and_then(|deployment| deployment.status))
+        Ok(())
     }
 
     async fn publish_event(&self, event: &Event) -> Result<(), ApiError> {

@@ -50,11 +50,27 @@ pub enum Call {
         namespace: String,
         labels: BTreeMap<String, String>,
     },
+    /// A server-side apply on a Ferry object's status subresource; `patch` is the body as sent.
+    ApplyStatus {
+        kind: String,
+        namespace: String,
+        name: String,
+        patch: Value,
+    },
     Event(Event),
 }
 
 impl Call {
+    /// Whether the call changes an object: an apply or a delete of a child, or a status apply.
     pub fn is_write(&self) -> bool {
+        matches!(
+            self,
+            Call::Apply { .. } | Call::Delete { .. } | Call::ApplyStatus { .. }
+        )
+    }
+
+    /// Whether the call applies or deletes a child.
+    pub fn writes_a_child(&self) -> bool {
         matches!(self, Call::Apply { .. } | Call::Delete { .. })
     }
 }
@@ -66,7 +82,8 @@ type Key = (String, String, String);
 struct State {
     objects: BTreeMap<Key, Value>,
     calls: Vec<Call>,
-    /// Verb (`apply`, `delete`, `list`, `get`) -> the message its next call fails with.
+    /// Verb (`apply`, `apply_status`, `delete`, `list`, `get`) -> the message its next call
+    /// fails with.
     failures: BTreeMap<&'static str, String>,
     next_uid: u64,
 }
@@ -190,9 +207,16 @@ impl MemoryApi {
         }
     }
 
-    /// Makes the next call of `verb` (`get`, `list`, `apply`, `delete`) fail with `message`.
+    /// Makes the next call of `verb` (`get`, `list`, `apply`, `apply_status`, `delete`) fail
+    /// with `message`.
     pub fn fail_next(&self, verb: &'static str, message: &str) {
         self.state().failures.insert(verb, message.to_owned());
+    }
+
+    /// The status of a stored object, as its status subresource would show it.
+    pub fn status(&self, kind: &str, namespace: &str, name: &str) -> Option<Value> {
+        self.get(kind, namespace, name)
+            .and_then(|object| object.get("status").cloned())
     }
 
     /// Every call so far, in order.
@@ -343,11 +367,11 @@ impl ClusterApi for MemoryApi {
         Ok(children)
     }
 
-    async fn deployment_status(
+    async fn deployment(
         &self,
         namespace: &str,
         name: &str,
-    ) -> Result<Option<DeploymentStatus>, ApiError> {
+    ) -> Result<Option<Deployment>, ApiError> {
         let call = Call::Get {
             kind: "Deployment".to_owned(),
             namespace: namespace.to_owned(),
@@ -355,15 +379,52 @@ impl ClusterApi for MemoryApi {
         };
         let what = || format!("Deployment {namespace}/{name}");
         self.call("get", what, call)?;
-        let Some(object) = self.get("Deployment", namespace, name) else {
-            return Ok(None);
+        self.get("Deployment", namespace, name)
+            .map(|object| {
+                serde_json::from_value(object).map_err(|source| ApiError::Convert {
+                    what: what(),
+                    source,
+                })
+            })
+            .transpose()
+    }
+
+    /// The status is replaced as a whole: the operator is the only manager of its fields in a
+    /// test, so a field it stops setting is gone, as the API server would do.
+    async fn apply_status(
+        &self,
+        kind: Kind,
+        namespace: &str,
+        name: &str,
+        patch: &Value,
+    ) -> Result<(), ApiError> {
+        let call = Call::ApplyStatus {
+            kind: kind.to_string(),
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            patch: patch.clone(),
         };
-        let deployment: Deployment =
-            serde_json::from_value(object).map_err(|source| ApiError::Convert {
+        let what = || format!("status of {kind} {namespace}/{name}");
+        self.call("apply_status", what, call)?;
+        let mut state = self.state();
+        let key = (
+            kind.as_str().to_owned(),
+            namespace.to_owned(),
+            name.to_owned(),
+        );
+        // The status subresource of an object that does not exist is a 404.
+        let Some(object) = state.objects.get_mut(&key).and_then(Value::as_object_mut) else {
+            return Err(ApiError::Injected {
+                verb: "apply_status",
                 what: what(),
-                source,
-            })?;
-        Ok(deployment.status)
+                message: "not found".to_owned(),
+            });
+        };
+        match patch.get("status") {
+            Some(status) => object.insert("status".into(), status.clone()),
+            None => object.remove("status"),
+        };
+        Ok(())
     }
 
     async fn publish_event(&self, event: &Event) -> Result<(), ApiError> {

@@ -4,15 +4,20 @@
 mod apply;
 mod error;
 mod fetch;
+mod status;
 mod validate;
 
-use k8s_openapi::api::{apps::v1::DeploymentStatus, core::v1::ObjectReference};
+use std::{fmt, sync::Arc};
+
+use k8s_openapi::api::core::v1::ObjectReference;
 
 pub use error::ReconcileError;
 
 use super::{
     api::{ClusterApi, Event, EventType},
     build::{BuildError, ChildRef, Component, Workload, build_children},
+    probe::StatusProbe,
+    status::DeploymentState,
 };
 use crate::{
     api::{API_VERSION, Kind},
@@ -21,10 +26,20 @@ use crate::{
 use fetch::Fetched;
 
 /// What every reconcile needs besides the resource.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Settings {
     /// The workload image when a resource names none (`--workload-image`).
     pub default_image: String,
+    /// Reads a workload's `/status` for the status step (`HttpProbe` in a cluster).
+    pub probe: Arc<dyn StatusProbe>,
+}
+
+impl fmt::Debug for Settings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Settings")
+            .field("default_image", &self.default_image)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What to do after a reconcile.
@@ -32,7 +47,8 @@ pub struct Settings {
 pub enum Next {
     /// Nothing will change until the resource or something it references does.
     WaitForChange,
-    /// Look again later (the workload's health and lag change on their own).
+    /// Look again soon: the workload's health and lag change on their own, and the status
+    /// step reads them only when the resource is reconciled.
     Resync,
 }
 
@@ -63,9 +79,10 @@ pub struct Applied {
     deployment: String,
     replicas: i32,
     suspended: bool,
+    http_port: u16,
     applied: Vec<ChildRef>,
     deleted: Vec<ChildRef>,
-    deployment_status: Option<DeploymentStatus>,
+    deployment_state: Option<DeploymentState>,
 }
 
 impl Applied {
@@ -96,9 +113,15 @@ impl Applied {
         self.suspended
     }
 
-    /// The Deployment's status as read after the apply (`None` before its controller wrote one).
-    pub fn deployment_status(&self) -> Option<&DeploymentStatus> {
-        self.deployment_status.as_ref()
+    /// The port of the workload's `/status`, on its Service (named as the Deployment).
+    pub fn http_port(&self) -> u16 {
+        self.http_port
+    }
+
+    /// The Deployment as read after the apply: its generation, replicas asked for and status
+    /// (`None` only if it was deleted in between).
+    pub fn deployment_state(&self) -> Option<&DeploymentState> {
+        self.deployment_state.as_ref()
     }
 }
 
@@ -189,12 +212,16 @@ async fn reconcile(
     {
         Ok(workload) => workload,
         Err(error) if error.is_transient() => return Err(error),
-        Err(error) => return invalid(api, &fetched, error).await,
+        Err(error) => return invalid(api, settings, &fetched, error).await,
     };
     let children = build_children(&workload);
     let written = apply::apply(api, &workload, &children).await?;
     let deployment = workload.child_name();
-    let deployment_status = api.deployment_status(namespace, &deployment).await?;
+    let deployment_state = api
+        .deployment(namespace, &deployment)
+        .await?
+        .as_ref()
+        .map(DeploymentState::from);
     let outcome = Outcome::Applied(Applied {
         parent: validate::object_id(&fetched),
         generation: fetched.generation(),
@@ -202,11 +229,12 @@ async fn reconcile(
         deployment,
         replicas: workload.replicas,
         suspended: workload.suspended,
+        http_port: workload.http_port,
         applied: written.applied,
         deleted: written.deleted,
-        deployment_status,
+        deployment_state,
     });
-    write_status(api, &outcome).await?;
+    status::write_status(api, settings.probe.as_ref(), &fetched, &outcome).await?;
     Ok(outcome)
 }
 
@@ -251,9 +279,11 @@ fn build(
     }
 }
 
-/// Reports an invalid resource with a warning event naming the fields, and writes nothing.
+/// Reports an invalid resource with a warning event naming the fields and in its status, and
+/// applies nothing.
 async fn invalid(
     api: &dyn ClusterApi,
+    settings: &Settings,
     fetched: &Fetched,
     error: ReconcileError,
 ) -> Result<Outcome, ReconcileError> {
@@ -289,7 +319,7 @@ async fn invalid(
         generation: fetched.generation(),
         error,
     };
-    write_status(api, &outcome).await?;
+    status::write_status(api, settings.probe.as_ref(), fetched, &outcome).await?;
     Ok(outcome)
 }
 
@@ -307,11 +337,4 @@ fn event_note(error: &ReconcileError) -> String {
         note.push_str("...");
     }
     note
-}
-
-/// The status step, still to be wired: the owner of `src/operator/status/` computes the
-/// conditions from `outcome` (an `Applied` exists only after the apply step) and writes them.
-/// Until then it writes nothing.
-pub async fn write_status(_api: &dyn ClusterApi, _outcome: &Outcome) -> Result<(), ReconcileError> {
-    Ok(())
 }

@@ -96,8 +96,17 @@ pub fn compute_status<R: Reading>(observed: &Observed<R>) -> R::Status {
         observed.suspended,
     );
     let lagging = conditions::lagging(&observed.probe, observed.lag.as_ref(), observed.suspended);
-    let dead_letters =
-        conditions::dead_letters(observed.dead_letters.as_ref(), status.failed_rows());
+    // The workload counts its own letters in the queue; the queue's status (all origins) is
+    // the fallback.
+    let queue = observed.dead_letters.clone().map(|mut queue| {
+        if let Probe::Read(reading) = &observed.probe
+            && let Some(depth) = reading.dead_letter_depth()
+        {
+            queue.depth = Some(depth);
+        }
+        queue
+    });
+    let dead_letters = conditions::dead_letters(queue.as_ref(), status.failed_rows());
     let ready = conditions::ready(
         R::WORKLOAD,
         &Parts {

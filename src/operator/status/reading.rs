@@ -76,6 +76,8 @@ pub struct RelayReading {
     pub failed_rows: Option<i64>,
     pub published_total: Option<u64>,
     pub dead_lettered_total: Option<u64>,
+    /// This source's dead letters waiting for a decision, when its queue is a table.
+    pub dead_letter_depth: Option<i64>,
     pub database_connected: Option<bool>,
     pub broker_connected: Option<bool>,
     pub ready: Option<bool>,
@@ -94,6 +96,8 @@ pub struct ConsumerReading {
     pub filtered_total: Option<u64>,
     pub retried_total: Option<u64>,
     pub dead_lettered_total: Option<u64>,
+    /// This consumer's dead letters waiting for a decision, when its queue is a table.
+    pub dead_letter_depth: Option<i64>,
     pub in_flight: Option<i64>,
     pub broker_connected: Option<bool>,
     pub stores_connected: Option<bool>,
@@ -102,7 +106,7 @@ pub struct ConsumerReading {
 }
 
 /// The status of a workload resource: the parts every one has.
-pub trait WorkloadStatus: Clone + Default + PartialEq + Serialize {
+pub trait WorkloadStatus: Clone + Default + PartialEq + Serialize + DeserializeOwned {
     /// The kind whose status this is.
     type Kind: Resource<DynamicType = ()>;
 
@@ -130,6 +134,8 @@ pub trait Reading: DeserializeOwned {
     fn pending(&self) -> Option<i64>;
     /// Age in seconds of the oldest waiting message, when known.
     fn oldest_age_seconds(&self) -> Option<i64>;
+    /// The workload's own dead letters waiting for a decision, when it counts them.
+    fn dead_letter_depth(&self) -> Option<i64>;
     /// Writes the figures this document has into `status`; a figure it lacks keeps its value,
     /// except `lastError`, which is the document's (none when it reports none).
     fn write_figures(&self, status: &mut Self::Status);
@@ -164,6 +170,10 @@ impl Reading for RelayReading {
         self.oldest_pending_age_seconds
     }
 
+    fn dead_letter_depth(&self) -> Option<i64> {
+        self.dead_letter_depth
+    }
+
     fn write_figures(&self, status: &mut OutboxSourceStatus) {
         status.lag = lag(self, status.lag.take());
         status.published_total = total(self.published_total).or(status.published_total);
@@ -186,6 +196,10 @@ impl Reading for ConsumerReading {
 
     fn oldest_age_seconds(&self) -> Option<i64> {
         self.oldest_unacknowledged_age_seconds
+    }
+
+    fn dead_letter_depth(&self) -> Option<i64> {
+        self.dead_letter_depth
     }
 
     fn write_figures(&self, status: &mut ConsumerStatus) {
