@@ -198,6 +198,10 @@ pub enum BenchCommand {
     /// Consumer throughput delivering a backlog to a sink with idempotency on, against the raw
     /// client reading and acknowledging the same messages; also the consumer's peak memory.
     Consumer(crate::bench::ConsumerBenchArgs),
+    /// The operator's reconcilers over many OutboxSources and Consumers in the in-memory API:
+    /// wall time to steady state, API writes of a second pass over unchanged resources (target
+    /// 0), and peak memory.
+    Operator(crate::bench::OperatorBenchArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -286,6 +290,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench {
             command: BenchCommand::Consumer(args),
         } => crate::bench::consumer_throughput(args).await,
+        Command::Bench {
+            command: BenchCommand::Operator(args),
+        } => crate::bench::operator_reconcile(args).await,
         Command::Outbox {
             command:
                 OutboxCommand::Migrate {

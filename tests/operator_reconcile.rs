@@ -25,6 +25,14 @@ async fn reconcile_orders(api: &MemoryApi) -> Outcome {
         .expect("no API call fails")
 }
 
+/// How many status writes `calls` holds.
+fn statuses_written(calls: &[Call]) -> usize {
+    calls
+        .iter()
+        .filter(|call| matches!(call, Call::ApplyStatus { .. }))
+        .count()
+}
+
 fn fields(outcome: &Outcome) -> Vec<&FieldError> {
     outcome
         .invalid()
@@ -103,14 +111,63 @@ async fn every_child_is_controlled_by_its_resource_with_the_resources_uid() {
 }
 
 #[tokio::test]
-async fn a_second_reconcile_applies_the_same_objects_and_deletes_nothing() {
+async fn a_second_reconcile_of_an_unchanged_resource_writes_nothing() {
+    let api = orders();
+    let built = bodies(&relay_children(&api, "shop", "orders"));
+    reconcile_orders(&api).await;
+    let first = api.take_calls();
+    assert_eq!(applied(&first), built);
+    assert_eq!(statuses_written(&first), 1, "the first status is written");
+
+    let outcome = reconcile_orders(&api).await;
+    let second = api.take_calls();
+
+    let child_writes: Vec<&Call> = second.iter().filter(|c| c.writes_a_child()).collect();
+    assert!(child_writes.is_empty(), "{child_writes:#?}");
+    assert_eq!(statuses_written(&second), 0, "the status settled");
+    assert!(!second.iter().any(Call::is_write), "{second:#?}");
+    assert!(outcome.applied().is_empty());
+    assert_eq!(outcome.unchanged().len(), 4);
+    // Built again from the unchanged resource, the children are byte for byte the same.
+    assert_eq!(bodies(&relay_children(&api, "shop", "orders")), built);
+    for (kind, name, body) in built {
+        let stored = api.get(kind.as_str(), "shop", &name).expect("stored");
+        assert_eq!(stored, body, "{} {name}", kind.as_str());
+    }
+}
+
+#[tokio::test]
+async fn a_child_edited_by_hand_is_reapplied_only_once_the_resource_changes() {
     let api = orders();
     reconcile_orders(&api).await;
-    let first = applied(&api.take_calls());
+    edit(&api, "Service", "shop", "orders-relay", |service| {
+        service["spec"]["type"] = json!("NodePort");
+    });
+    api.take_calls();
+
     reconcile_orders(&api).await;
-    let second = api.take_calls();
-    assert_eq!(applied(&second), first);
-    assert!(deleted(&second).is_empty());
+    assert!(
+        applied(&api.take_calls()).is_empty(),
+        "the hash still matches"
+    );
+    assert_eq!(
+        field(&api, "Service", "shop", "orders-relay", "/spec/type"),
+        json!("NodePort")
+    );
+
+    edit(&api, "OutboxSource", "shop", "orders", |source| {
+        source["spec"]["relay"]["image"] = json!("ghcr.io/ferry-dev/ferry:0.2.0");
+    });
+    reconcile_orders(&api).await;
+    let kinds: Vec<ChildKind> = applied(&api.take_calls())
+        .into_iter()
+        .map(|(kind, _, _)| kind)
+        .collect();
+    assert_eq!(
+        kinds,
+        [ChildKind::Deployment],
+        "only the Deployment changed"
+    );
 }
 
 #[tokio::test]
@@ -136,11 +193,13 @@ async fn scaling_from_three_replicas_to_one_deletes_the_disruption_budget() {
         deleted(&calls),
         [(ChildKind::PodDisruptionBudget, "orders-relay".to_owned())]
     );
+    let built = bodies(&relay_children(&api, "shop", "orders"));
+    assert_eq!(built.len(), 3, "no budget for one pod");
     assert_eq!(
         applied(&calls),
-        bodies(&relay_children(&api, "shop", "orders"))
+        [built[1].clone()],
+        "only the Deployment's replicas changed"
     );
-    assert_eq!(applied(&calls).len(), 3, "no budget is applied for one pod");
     assert!(
         api.get("PodDisruptionBudget", "shop", "orders-relay")
             .is_none()
@@ -279,7 +338,8 @@ async fn a_missing_secret_key_names_the_key_field() {
 }
 
 #[tokio::test]
-async fn a_first_reconcile_reads_the_namespace_applies_four_children_then_the_status() {
+async fn a_first_reconcile_reads_the_namespace_and_children_applies_four_children_then_the_status()
+{
     let api = orders();
     reconcile_orders(&api).await;
     let verbs: Vec<String> = api
@@ -303,11 +363,11 @@ async fn a_first_reconcile_reads_the_namespace_applies_four_children_then_the_st
             "list RetryPolicy",
             "list DeadLetterQueue",
             "list Secret",
+            "list children",
             "apply ConfigMap",
             "apply Deployment",
             "apply Service",
             "apply PodDisruptionBudget",
-            "list children",
             "get Deployment",
             "apply status OutboxSource",
         ]
@@ -389,6 +449,38 @@ async fn a_changed_retry_policy_changes_the_config_map_and_the_pod_template_hash
     assert_ne!(
         field(&api, "Deployment", "shop", "orders-relay", &hash_pointer),
         hash_before
+    );
+}
+
+#[tokio::test]
+async fn a_changed_retry_policy_reapplies_only_what_changed() {
+    let api = orders();
+    reconcile_orders(&api).await;
+    reconcile_consumer(&api, "shop", "inventory", &settings())
+        .await
+        .expect("no API call fails");
+    api.take_calls();
+
+    edit(&api, "RetryPolicy", "shop", "publish-retries", |policy| {
+        policy["spec"]["maxBackoff"] = json!("45s");
+    });
+    let relay = reconcile_orders(&api).await;
+    let consumer = reconcile_consumer(&api, "shop", "inventory", &settings())
+        .await
+        .expect("no API call fails");
+
+    let calls = api.calls();
+    let built = bodies(&relay_children(&api, "shop", "orders"));
+    assert_eq!(
+        applied(&calls),
+        built[..2],
+        "the relay's ConfigMap and Deployment (its pod-template hash), nothing else"
+    );
+    assert!(deleted(&calls).is_empty());
+    assert_eq!(relay.unchanged().len(), 2, "the Service and the budget");
+    assert!(
+        consumer.applied().is_empty(),
+        "the consumer uses another policy"
     );
 }
 

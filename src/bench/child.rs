@@ -238,7 +238,7 @@ async fn http_get(address: SocketAddr, path: &str) -> std::io::Result<String> {
 }
 
 /// The `VmHWM:   12345 kB` line of `/proc/<pid>/status`, in KiB.
-fn vm_hwm_kib(status: &str) -> Option<u64> {
+pub(super) fn vm_hwm_kib(status: &str) -> Option<u64> {
     status
         .lines()
         .find_map(|line| line.strip_prefix("VmHWM:"))

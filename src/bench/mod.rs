@@ -1,5 +1,6 @@
 //! `ferry bench`: relay and consumer throughput against the raw broker client as a ceiling, and
-//! end-to-end latency from COMMIT to a consumer, all against the real servers on this machine.
+//! end-to-end latency from COMMIT to a consumer, all against the real servers on this machine;
+//! and the operator's reconcilers over many resources in the in-memory API.
 //!
 //! Every run works on names of its own (outbox table, exchange and queue, stream, stream key,
 //! consumer group, idempotency table or key prefix) and removes them at the end, also after a
@@ -9,6 +10,7 @@ mod child;
 mod consumer;
 mod destination;
 mod latency;
+mod operator;
 mod readers;
 mod relay;
 mod report;
@@ -16,6 +18,8 @@ mod setup;
 mod stats;
 
 use std::process::ExitCode;
+
+pub use operator::{OperatorBenchArgs, OperatorResult};
 
 use crate::{broker::BrokerError, message::Unpublishable};
 
@@ -232,4 +236,9 @@ pub async fn commit_to_consumer_latency(args: LatencyBenchArgs) -> anyhow::Resul
 /// `ferry bench consumer`: see `docs/benchmarks.md`.
 pub async fn consumer_throughput(args: ConsumerBenchArgs) -> anyhow::Result<ExitCode> {
     consumer::run(args).await
+}
+
+/// `ferry bench operator`: see `docs/benchmarks.md`.
+pub async fn operator_reconcile(args: OperatorBenchArgs) -> anyhow::Result<ExitCode> {
+    operator::run(args).await
 }

@@ -159,7 +159,7 @@ impl Latency {
     }
 }
 
-fn met(ok: bool) -> &'static str {
+pub(super) fn met(ok: bool) -> &'static str {
     if ok { "met" } else { "MISSED" }
 }
 

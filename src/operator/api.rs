@@ -23,7 +23,7 @@ use serde_json::Value;
 pub use self::kube::KubeApi;
 pub use memory::{Call, MemoryApi};
 
-use super::build::{ChildKind, ChildRef, Children};
+use super::build::{ChildKind, ChildRef, Children, SPEC_HASH_ANNOTATION};
 use crate::api::Kind;
 
 /// The one field manager of every server-side apply the operator makes.
@@ -111,6 +111,15 @@ impl<'a> Child<'a> {
         }
     }
 
+    /// The `ferry.dev/spec-hash` the builders gave the child.
+    pub fn spec_hash(&self) -> Option<&'a str> {
+        self.metadata()
+            .annotations
+            .as_ref()
+            .and_then(|annotations| annotations.get(SPEC_HASH_ANNOTATION))
+            .map(String::as_str)
+    }
+
     /// The object as the apply request's body: `apiVersion`, `kind`, `metadata`, `spec`/`data`.
     pub fn to_value(&self) -> Result<Value, ApiError> {
         let value = match self {
@@ -146,12 +155,14 @@ impl ChildKind {
     }
 }
 
-/// What the reconciler needs to know of an existing child: which it is and who controls it.
+/// What the reconciler needs to know of an existing child: which it is, who controls it, and
+/// its annotations (for `ferry.dev/spec-hash`).
 #[derive(Clone, Debug, PartialEq)]
 pub struct ChildMeta {
     pub kind: ChildKind,
     pub name: String,
     pub owner_references: Vec<OwnerReference>,
+    pub annotations: BTreeMap<String, String>,
 }
 
 impl ChildMeta {
@@ -160,7 +171,15 @@ impl ChildMeta {
             kind,
             name: meta.name.clone().unwrap_or_default(),
             owner_references: meta.owner_references.clone().unwrap_or_default(),
+            annotations: meta.annotations.clone().unwrap_or_default(),
         }
+    }
+
+    /// The child's `ferry.dev/spec-hash` annotation, if it has one.
+    pub fn spec_hash(&self) -> Option<&str> {
+        self.annotations
+            .get(SPEC_HASH_ANNOTATION)
+            .map(String::as_str)
     }
 
     /// The uid of the controlling owner, if any.

@@ -166,6 +166,7 @@ async fn reconcile<K: Parent>(object: Arc<K>, ctx: Arc<Context>) -> Result<Actio
         %name,
         result = label,
         applied = outcome.applied().len(),
+        unchanged = outcome.unchanged().len(),
         deleted = outcome.deleted().len(),
         "reconciled"
     );

@@ -78,9 +78,47 @@ impl Call {
 /// (kind, namespace, name)
 type Key = (String, String, String);
 
+/// An object as compact JSON text: a few kilobytes instead of the tens a `Value` tree takes, so
+/// that `ferry bench operator` can hold thousands of resources and their children.
+/// Its labels are kept aside, so that a label selector does not parse every object.
+struct Stored {
+    json: Box<str>,
+    labels: BTreeMap<String, String>,
+}
+
+impl Stored {
+    fn save(object: &Value) -> Self {
+        let labels = object
+            .pointer("/metadata/labels")
+            .and_then(Value::as_object)
+            .map(|labels| {
+                labels
+                    .iter()
+                    .filter_map(|(key, value)| Some((key.clone(), value.as_str()?.to_owned())))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Self {
+            json: object.to_string().into_boxed_str(),
+            labels,
+        }
+    }
+
+    fn load(&self) -> Value {
+        // Only `save` writes it, from a `Value`: it always parses.
+        serde_json::from_str(&self.json).unwrap_or(Value::Null)
+    }
+
+    fn carries(&self, selector: &BTreeMap<String, String>) -> bool {
+        selector
+            .iter()
+            .all(|(key, value)| self.labels.get(key) == Some(value))
+    }
+}
+
 #[derive(Default)]
 struct State {
-    objects: BTreeMap<Key, Value>,
+    objects: BTreeMap<Key, Stored>,
     calls: Vec<Call>,
     /// Verb (`apply`, `apply_status`, `delete`, `list`, `get`) -> the message its next call
     /// fails with.
@@ -149,12 +187,14 @@ impl MemoryApi {
             meta.insert("namespace".into(), "default".into());
         }
         let key = key_of(&object);
-        let previous = state.objects.get(&key);
+        let previous = state.objects.get(&key).map(Stored::load);
         let generation = previous
+            .as_ref()
             .and_then(|old| old.pointer("/metadata/generation"))
             .and_then(Value::as_i64)
             .map_or(1, |generation| generation + 1);
         let uid = previous
+            .as_ref()
             .and_then(|old| old.pointer("/metadata/uid"))
             .cloned()
             .unwrap_or_else(|| format!("00000000-0000-4000-8000-{:012x}", state.next_uid).into());
@@ -163,7 +203,7 @@ impl MemoryApi {
             meta.entry("uid").or_insert(uid);
             meta.insert("generation".into(), generation.into());
         }
-        state.objects.insert(key, object);
+        state.objects.insert(key, Stored::save(&object));
     }
 
     /// Removes an object as `kubectl delete` would (without garbage collection of children).
@@ -171,6 +211,7 @@ impl MemoryApi {
         self.state()
             .objects
             .remove(&(kind.to_owned(), namespace.to_owned(), name.to_owned()))
+            .map(|stored| stored.load())
     }
 
     /// The stored object, as a `kubectl get -o json` would show it.
@@ -178,16 +219,34 @@ impl MemoryApi {
         self.state()
             .objects
             .get(&(kind.to_owned(), namespace.to_owned(), name.to_owned()))
-            .cloned()
+            .map(Stored::load)
     }
 
     /// Every stored object of `kind` in `namespace`, in name order.
     pub fn objects(&self, kind: &str, namespace: &str) -> Vec<Value> {
+        let from = (kind.to_owned(), namespace.to_owned(), String::new());
         self.state()
             .objects
-            .iter()
-            .filter(|((k, ns, _), _)| k == kind && ns == namespace)
-            .map(|(_, object)| object.clone())
+            .range(from..)
+            .take_while(|((k, ns, _), _)| k == kind && ns == namespace)
+            .map(|(_, object)| object.load())
+            .collect()
+    }
+
+    /// The stored objects of `kind` in `namespace` that carry every label of `selector`.
+    fn objects_selected(
+        &self,
+        kind: &str,
+        namespace: &str,
+        selector: &BTreeMap<String, String>,
+    ) -> Vec<Value> {
+        let from = (kind.to_owned(), namespace.to_owned(), String::new());
+        self.state()
+            .objects
+            .range(from..)
+            .take_while(|((k, ns, _), _)| k == kind && ns == namespace)
+            .filter(|(_, object)| object.carries(selector))
+            .map(|(_, object)| object.load())
             .collect()
     }
 
@@ -199,12 +258,15 @@ impl MemoryApi {
             namespace.to_owned(),
             name.to_owned(),
         );
-        if let (Some(object), Ok(status)) =
-            (state.objects.get_mut(&key), serde_json::to_value(status))
-            && let Some(object) = object.as_object_mut()
-        {
-            object.insert("status".into(), status);
+        let (Some(stored), Ok(status)) = (state.objects.get(&key), serde_json::to_value(status))
+        else {
+            return;
+        };
+        let mut object = stored.load();
+        if let Some(fields) = object.as_object_mut() {
+            fields.insert("status".into(), status);
         }
+        state.objects.insert(key, Stored::save(&object));
     }
 
     /// Makes the next call of `verb` (`get`, `list`, `apply`, `apply_status`, `delete`) fail
@@ -308,12 +370,15 @@ impl ClusterApi for MemoryApi {
         )?;
         let mut state = self.state();
         let key = key_of(&object);
-        match state.objects.get_mut(&key) {
-            Some(stored) => merge(stored, &object),
-            None => {
-                state.objects.insert(key, object);
+        let merged = match state.objects.get(&key) {
+            Some(stored) => {
+                let mut current = stored.load();
+                merge(&mut current, &object);
+                current
             }
-        }
+            None => object,
+        };
+        state.objects.insert(key, Stored::save(&merged));
         Ok(())
     }
 
@@ -341,14 +406,7 @@ impl ClusterApi for MemoryApi {
         self.call("list", || format!("children in {namespace}"), call)?;
         let mut children = Vec::new();
         for kind in ChildKind::ALL {
-            for object in self.objects(kind.as_str(), namespace) {
-                let carries_all = labels.iter().all(|(key, value)| {
-                    object
-                        .pointer("/metadata/labels")
-                        .and_then(|labels| labels.get(key))
-                        .and_then(Value::as_str)
-                        == Some(value.as_str())
-                });
+            for object in self.objects_selected(kind.as_str(), namespace, labels) {
                 let meta = object
                     .get("metadata")
                     .cloned()
@@ -359,9 +417,7 @@ impl ClusterApi for MemoryApi {
                         source,
                     })?
                     .unwrap_or_default();
-                if carries_all {
-                    children.push(ChildMeta::from_meta(kind, &meta));
-                }
+                children.push(ChildMeta::from_meta(kind, &meta));
             }
         }
         Ok(children)
@@ -413,17 +469,23 @@ impl ClusterApi for MemoryApi {
             name.to_owned(),
         );
         // The status subresource of an object that does not exist is a 404.
-        let Some(object) = state.objects.get_mut(&key).and_then(Value::as_object_mut) else {
-            return Err(ApiError::Injected {
-                verb: "apply_status",
-                what: what(),
-                message: "not found".to_owned(),
-            });
+        let mut object = match state.objects.get(&key).map(Stored::load) {
+            Some(object) if object.is_object() => object,
+            _ => {
+                return Err(ApiError::Injected {
+                    verb: "apply_status",
+                    what: what(),
+                    message: "not found".to_owned(),
+                });
+            }
         };
-        match patch.get("status") {
-            Some(status) => object.insert("status".into(), status.clone()),
-            None => object.remove("status"),
-        };
+        if let Some(fields) = object.as_object_mut() {
+            match patch.get("status") {
+                Some(status) => fields.insert("status".into(), status.clone()),
+                None => fields.remove("status"),
+            };
+        }
+        state.objects.insert(key, Stored::save(&object));
         Ok(())
     }
 

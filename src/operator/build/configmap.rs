@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::ConfigMap;
 
-use super::{Workload, names::short_hash};
+use super::{Workload, names::short_hash, with_spec_hash};
 
 /// The key of the config in the ConfigMap, and the file name in the pod.
 pub const CONFIG_FILE: &str = "config.yaml";
@@ -13,14 +13,14 @@ pub const CONFIG_FILE: &str = "config.yaml";
 const CONFIG_HASH_LEN: usize = 16;
 
 pub fn build_config_map(workload: &Workload) -> ConfigMap {
-    ConfigMap {
+    with_spec_hash(ConfigMap {
         metadata: workload.child_metadata(),
         data: Some(BTreeMap::from([(
             CONFIG_FILE.to_owned(),
             workload.config_yaml.clone(),
         )])),
         ..ConfigMap::default()
-    }
+    })
 }
 
 /// A short SHA-256 (16 hex digits) of the ConfigMap's `data`, keys in order: it changes

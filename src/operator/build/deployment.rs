@@ -18,7 +18,7 @@ use k8s_openapi::{
     },
 };
 
-use super::{CONFIG_FILE, Workload, config_hash};
+use super::{CONFIG_FILE, Workload, config_hash, with_spec_hash};
 
 /// The pod-template annotation holding `config_hash` of the ConfigMap, so that a config change
 /// rolls the pods.
@@ -117,7 +117,7 @@ pub fn build_deployment(workload: &Workload, config_map: &ConfigMap) -> Deployme
         ]),
         ..PodSpec::default()
     };
-    Deployment {
+    with_spec_hash(Deployment {
         metadata: workload.child_metadata(),
         spec: Some(DeploymentSpec {
             replicas: Some(workload.replicas),
@@ -138,7 +138,7 @@ pub fn build_deployment(workload: &Workload, config_map: &ConfigMap) -> Deployme
             ..DeploymentSpec::default()
         }),
         ..Deployment::default()
-    }
+    })
 }
 
 /// One `FERRY_SECRET_*` variable per Secret key the config reads, in name order.

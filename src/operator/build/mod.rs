@@ -9,6 +9,7 @@ mod names;
 mod pdb;
 mod secrets;
 mod service;
+mod spec_hash;
 
 use std::collections::BTreeMap;
 
@@ -30,6 +31,7 @@ pub use names::{LABEL_MANAGED_BY, MANAGER, child_name, label_value, labels, sele
 pub use pdb::build_pdb;
 pub use secrets::SecretEnv;
 pub use service::build_service;
+pub use spec_hash::{SPEC_HASH_ANNOTATION, with_spec_hash};
 
 use crate::{
     api::{Consumer, OutboxSource, common::WorkloadSpec},

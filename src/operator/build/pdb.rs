@@ -6,21 +6,23 @@ use k8s_openapi::{
     apimachinery::pkg::{apis::meta::v1::LabelSelector, util::intstr::IntOrString},
 };
 
-use super::Workload;
+use super::{Workload, with_spec_hash};
 
 /// `maxUnavailable: 1` when the workload runs more than one pod, else none: with one pod
 /// (or none, suspended) such a budget would protect nothing.
 pub fn build_pdb(workload: &Workload) -> Option<PodDisruptionBudget> {
-    (workload.replicas > 1).then(|| PodDisruptionBudget {
-        metadata: workload.child_metadata(),
-        spec: Some(PodDisruptionBudgetSpec {
-            max_unavailable: Some(IntOrString::Int(1)),
-            selector: Some(LabelSelector {
-                match_labels: Some(workload.selector_labels()),
-                ..LabelSelector::default()
+    (workload.replicas > 1).then(|| {
+        with_spec_hash(PodDisruptionBudget {
+            metadata: workload.child_metadata(),
+            spec: Some(PodDisruptionBudgetSpec {
+                max_unavailable: Some(IntOrString::Int(1)),
+                selector: Some(LabelSelector {
+                    match_labels: Some(workload.selector_labels()),
+                    ..LabelSelector::default()
+                }),
+                ..PodDisruptionBudgetSpec::default()
             }),
-            ..PodDisruptionBudgetSpec::default()
-        }),
-        ..PodDisruptionBudget::default()
+            ..PodDisruptionBudget::default()
+        })
     })
 }

@@ -6,10 +6,10 @@ use k8s_openapi::{
     apimachinery::pkg::util::intstr::IntOrString,
 };
 
-use super::{HTTP_PORT_NAME, Workload};
+use super::{HTTP_PORT_NAME, Workload, with_spec_hash};
 
 pub fn build_service(workload: &Workload) -> Service {
-    Service {
+    with_spec_hash(Service {
         metadata: workload.child_metadata(),
         spec: Some(ServiceSpec {
             type_: Some("ClusterIP".to_owned()),
@@ -24,5 +24,5 @@ pub fn build_service(workload: &Workload) -> Service {
             ..ServiceSpec::default()
         }),
         ..Service::default()
-    }
+    })
 }

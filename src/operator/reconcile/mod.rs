@@ -65,7 +65,7 @@ pub enum Outcome {
         generation: Option<i64>,
         error: ReconcileError,
     },
-    /// Every wanted child was applied and unwanted ones deleted.
+    /// Every wanted child was applied, or found unchanged, and unwanted ones deleted.
     Applied(Applied),
 }
 
@@ -81,6 +81,7 @@ pub struct Applied {
     suspended: bool,
     http_port: u16,
     applied: Vec<ChildRef>,
+    unchanged: Vec<ChildRef>,
     deleted: Vec<ChildRef>,
     deployment_state: Option<DeploymentState>,
 }
@@ -137,6 +138,15 @@ impl Outcome {
     pub fn applied(&self) -> &[ChildRef] {
         match self {
             Outcome::Applied(applied) => &applied.applied,
+            _ => &[],
+        }
+    }
+
+    /// The wanted children not applied because their live objects already carry the
+    /// `ferry.dev/spec-hash` of the children as built.
+    pub fn unchanged(&self) -> &[ChildRef] {
+        match self {
+            Outcome::Applied(applied) => &applied.unchanged,
             _ => &[],
         }
     }
@@ -231,6 +241,7 @@ async fn reconcile(
         suspended: workload.suspended,
         http_port: workload.http_port,
         applied: written.applied,
+        unchanged: written.unchanged,
         deleted: written.deleted,
         deployment_state,
     });
