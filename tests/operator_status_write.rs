@@ -12,11 +12,6 @@ use ferry::{
         reconcile::{Outcome, ReconcileError, Settings, reconcile_outbox_source},
     },
 };
-use k8s_openapi::{
-    api::apps::v1::{DeploymentCondition, DeploymentStatus},
-    apimachinery::pkg::apis::meta::v1::Time,
-    jiff::Timestamp,
-};
 use serde_json::{Value, json};
 
 const NAMESPACE: &str = "shop";
@@ -68,21 +63,7 @@ impl Cluster {
 
     /// The Deployment controller reports every replica of the relay available.
     fn relay_becomes_available(&self) {
-        let status = DeploymentStatus {
-            replicas: Some(2),
-            ready_replicas: Some(2),
-            available_replicas: Some(2),
-            updated_replicas: Some(2),
-            conditions: Some(vec![DeploymentCondition {
-                type_: "Available".to_owned(),
-                status: "True".to_owned(),
-                reason: Some("MinimumReplicasAvailable".to_owned()),
-                last_transition_time: Some(Time(Timestamp::UNIX_EPOCH)),
-                ..DeploymentCondition::default()
-            }]),
-            ..DeploymentStatus::default()
-        };
-        self.api.set_deployment_status(NAMESPACE, RELAY, &status);
+        self.api.mark_deployment_available(NAMESPACE, RELAY);
     }
 
     /// Changes the OutboxSource as `kubectl apply` would (its generation goes up).

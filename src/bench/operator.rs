@@ -13,11 +13,6 @@ use std::{
 
 use async_trait::async_trait;
 use chrono::Utc;
-use k8s_openapi::{
-    api::apps::v1::{DeploymentCondition, DeploymentStatus},
-    apimachinery::pkg::apis::meta::v1::Time,
-    jiff::Timestamp,
-};
 use prometheus_client::registry::Registry;
 use serde_json::Value;
 
@@ -32,6 +27,7 @@ use crate::{
     observe::{Health, http::StatusReport},
     operator::{
         api::MemoryApi,
+        build::{Component, child_name},
         probe::{ProbeError, ProbeTarget, StatusProbe},
         reconcile::{Outcome, Settings, reconcile_consumer, reconcile_outbox_source},
     },
@@ -301,32 +297,12 @@ async fn reconcile(
 /// Marks the resource's Deployment available with all its replicas, as the Deployment
 /// controller would once the pods are ready.
 fn become_available(api: &MemoryApi, parent: &Parent) {
-    let suffix = if parent.kind == "OutboxSource" {
-        "relay"
+    let component = if parent.kind == "OutboxSource" {
+        Component::Relay
     } else {
-        "consumer"
+        Component::Consumer
     };
-    let name = format!("{}-{suffix}", parent.name);
-    let replicas = api
-        .get("Deployment", &parent.namespace, &name)
-        .and_then(|deployment| deployment.pointer("/spec/replicas").and_then(Value::as_i64))
-        .and_then(|replicas| i32::try_from(replicas).ok())
-        .unwrap_or(1);
-    let status = DeploymentStatus {
-        replicas: Some(replicas),
-        ready_replicas: Some(replicas),
-        available_replicas: Some(replicas),
-        updated_replicas: Some(replicas),
-        conditions: Some(vec![DeploymentCondition {
-            type_: "Available".to_owned(),
-            status: "True".to_owned(),
-            reason: Some("MinimumReplicasAvailable".to_owned()),
-            last_transition_time: Some(Time(Timestamp::UNIX_EPOCH)),
-            ..DeploymentCondition::default()
-        }]),
-        ..DeploymentStatus::default()
-    };
-    api.set_deployment_status(&parent.namespace, &name, &status);
+    api.mark_deployment_available(&parent.namespace, &child_name(&parent.name, component));
 }
 
 /// Stores, in each namespace, the example's Secrets, BrokerTopic, RetryPolicies and

@@ -10,9 +10,13 @@ use std::{
 };
 
 use async_trait::async_trait;
-use k8s_openapi::api::{
-    apps::v1::{Deployment, DeploymentStatus},
-    core::v1::Secret,
+use k8s_openapi::{
+    api::{
+        apps::v1::{Deployment, DeploymentCondition, DeploymentStatus},
+        core::v1::Secret,
+    },
+    apimachinery::pkg::apis::meta::v1::Time,
+    jiff::Timestamp,
 };
 use serde_json::Value;
 
@@ -248,6 +252,31 @@ impl MemoryApi {
             .filter(|(_, object)| object.carries(selector))
             .map(|(_, object)| object.load())
             .collect()
+    }
+
+    /// Reports every replica the stored Deployment asks for (1 when it names none) ready and
+    /// available, as the Deployment controller would once the pods pass their readiness probes.
+    pub fn mark_deployment_available(&self, namespace: &str, name: &str) {
+        let replicas = self
+            .get("Deployment", namespace, name)
+            .and_then(|deployment| deployment.pointer("/spec/replicas").and_then(Value::as_i64))
+            .and_then(|replicas| i32::try_from(replicas).ok())
+            .unwrap_or(1);
+        let status = DeploymentStatus {
+            replicas: Some(replicas),
+            ready_replicas: Some(replicas),
+            available_replicas: Some(replicas),
+            updated_replicas: Some(replicas),
+            conditions: Some(vec![DeploymentCondition {
+                type_: "Available".to_owned(),
+                status: "True".to_owned(),
+                reason: Some("MinimumReplicasAvailable".to_owned()),
+                last_transition_time: Some(Time(Timestamp::UNIX_EPOCH)),
+                ..DeploymentCondition::default()
+            }]),
+            ..DeploymentStatus::default()
+        };
+        self.set_deployment_status(namespace, name, &status);
     }
 
     /// Sets a Deployment's status, as the Deployment controller would.
