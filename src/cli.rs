@@ -59,6 +59,14 @@ pub enum Command {
         #[arg(long)]
         check_secrets: bool,
     },
+    /// Run every relay and consumer the manifests describe, in this process and without a
+    /// cluster, resolved exactly as the operator resolves them. Connection URLs come from the
+    /// Secrets among the manifests, else from FERRY_SECRET_<NAME>_<KEY> variables.
+    Run(RunArgs),
+    /// Show the whole pattern on an embedded SQLite database, with no servers: orders committed
+    /// with their events, relayed, delivered idempotently to a flaky inventory service,
+    /// retried, poison events dead-lettered, and a report checked from the databases.
+    Demo(crate::demo::DemoArgs),
     /// Run the relay: publish every committed outbox row to its broker topic.
     Relay {
         /// The resolved relay config (YAML), as the operator renders it into a ConfigMap.
@@ -95,6 +103,25 @@ pub enum Command {
     /// Run the operator: give each OutboxSource a relay workload and each Consumer a consumer
     /// workload, configured from what they reference.
     Operator(OperatorArgs),
+}
+
+/// The flags of `ferry run`.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Files or folders of YAML manifests (folders are read recursively).
+    #[arg(short = 'f', long = "filename", required = true, value_name = "PATH")]
+    pub paths: Vec<PathBuf>,
+    /// Namespace for objects that do not name one.
+    #[arg(short, long, default_value = "default")]
+    pub namespace: String,
+    /// Serve each workload's `/healthz`, `/readyz`, `/metrics` and `/status` from this address
+    /// upwards (one port each, in the order of the table printed at start). Without it each
+    /// gets a free loopback port.
+    #[arg(long, value_name = "ADDRESS")]
+    pub listen: Option<std::net::SocketAddr>,
+    /// When standard error is not a terminal, print the status lines this often.
+    #[arg(long, default_value = "10s")]
+    pub status_interval: crate::api::duration::Duration,
 }
 
 /// The flags of `ferry operator` (the chart's spellings are accepted as aliases).
@@ -263,6 +290,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             check_secrets,
         } => validate(&paths, &namespace, check_secrets),
         Command::Relay { config } => run_relay(&config).await,
+        Command::Run(args) => run_standalone(args).await,
+        Command::Demo(args) => crate::demo::run(args).await,
         Command::Config {
             command:
                 ConfigCommand::Relay {
@@ -377,6 +406,28 @@ fn render_consumer_config(
     let consumer = config::resolve_consumer(&catalog, namespace, name, &config::secret_from_env)
         .map_err(|errors| resolution_error("Consumer", namespace, name, &errors))?;
     print_config("consumer", consumer.secret_sources(), &consumer)
+}
+
+async fn run_standalone(args: RunArgs) -> anyhow::Result<ExitCode> {
+    use crate::standalone::{Listen, Pipelines, display, load_plan};
+    let plan = load_plan(&args.paths, &args.namespace, |_| {})?;
+    let suspended = plan.suspended.clone();
+    let shutdown = CancellationToken::new();
+    tokio::spawn(stop_on_signal(shutdown.clone()));
+    let pipelines = Pipelines::start(plan, Listen { base: args.listen }, &shutdown).await?;
+    print!("{}", display::start_table(&pipelines, &suspended));
+    if pipelines.running.is_empty() {
+        println!("nothing to run: every object is suspended");
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("running; Ctrl-C (SIGINT) or SIGTERM stops every workload after its in-flight work");
+    display::follow(&pipelines, args.status_interval.as_std(), &shutdown).await;
+    let finals = pipelines.wait().await;
+    println!("stopped; final figures:");
+    for line in display::final_lines(&finals) {
+        println!("{line}");
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn run_consumer(path: &std::path::Path) -> anyhow::Result<ExitCode> {

@@ -169,11 +169,21 @@ pub struct Admitted {
     pub problems: Vec<Problem>,
     /// Documents of kinds Ferry does not read (a Deployment in the same folder, say).
     pub ignored: Vec<(Origin, String)>,
+    /// Where each admitted object was defined, so later errors can name its file.
+    pub origins: Vec<(ObjectId, Origin)>,
 }
 
 impl Admitted {
     pub fn is_valid(&self) -> bool {
         self.problems.is_empty()
+    }
+
+    /// Where `object` was defined, if it was admitted.
+    pub fn origin_of(&self, object: &ObjectId) -> Option<&Origin> {
+        self.origins
+            .iter()
+            .find(|(seen, _)| seen == object)
+            .map(|(_, origin)| origin)
     }
 }
 
@@ -277,6 +287,7 @@ pub fn admit(documents: &[Document], default_namespace: &str, secrets: SecretChe
                 error,
             }));
     }
+    admitted.origins = origins;
     admitted
 }
 

@@ -1,6 +1,14 @@
 //! Logging setup: structured `tracing` events, as JSON lines (in a cluster) or text (a terminal).
+//! While progress bars are on screen (`ferry run`, `ferry demo`), log lines are printed above
+//! them instead of through them.
+
+use std::{
+    io::{self, Write},
+    sync::RwLock,
+};
 
 use clap::ValueEnum;
+use indicatif::MultiProgress;
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 
 /// How log lines are written.
@@ -18,11 +26,44 @@ pub fn init(format: LogFormat, level: &str) -> anyhow::Result<()> {
     let registry = tracing_subscriber::registry().with(filter);
     match format {
         LogFormat::Json => registry
-            .with(fmt::layer().json().with_writer(std::io::stderr))
+            .with(fmt::layer().json().with_writer(|| LogWriter))
             .try_init()?,
         LogFormat::Text => registry
-            .with(fmt::layer().with_writer(std::io::stderr))
+            .with(fmt::layer().with_writer(|| LogWriter))
             .try_init()?,
     }
     Ok(())
+}
+
+static BARS: RwLock<Option<MultiProgress>> = RwLock::new(None);
+
+/// Prints log lines above `bars` until `clear_progress_bars` (one set of bars at a time).
+pub fn show_logs_above(bars: &MultiProgress) {
+    if let Ok(mut slot) = BARS.write() {
+        *slot = Some(bars.clone());
+    }
+}
+
+pub fn clear_progress_bars() {
+    if let Ok(mut slot) = BARS.write() {
+        *slot = None;
+    }
+}
+
+/// Standard error, hiding the progress bars while a line is written. The formatter writes
+/// each event with one `write_all`, so lines are not split.
+struct LogWriter;
+
+impl Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let bars = BARS.read().ok().and_then(|slot| slot.clone());
+        match bars {
+            Some(bars) => bars.suspend(|| io::stderr().write(buf)),
+            None => io::stderr().write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        io::stderr().flush()
+    }
 }

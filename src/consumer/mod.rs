@@ -21,7 +21,10 @@ use crate::{
     broker::subscriber::SubscriptionConfig,
     config::{ConsumerConfig, DeadLetterConfig},
     dlq::{self, DeadLetterStore, table::TableStore},
-    observe::{Health, http},
+    observe::{
+        Health,
+        http::{self, StatusReport},
+    },
     retry::{Backoff, sleep_or_stop},
 };
 use idempotency::{BatchedStore, IdempotencyStore};
@@ -51,10 +54,16 @@ pub(crate) struct Shared {
 pub struct RunningConsumer {
     /// Where `/healthz`, `/readyz`, `/metrics` and `/status` are served.
     pub address: SocketAddr,
+    report: Arc<dyn StatusReport>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl RunningConsumer {
+    /// What answers `/status`, to read it in-process (it keeps answering after the stop).
+    pub fn report(&self) -> Arc<dyn StatusReport> {
+        self.report.clone()
+    }
+
     /// Waits until the consumer has stopped (after `shutdown` is cancelled).
     pub async fn wait(self) {
         if let Err(error) = self.task.await {
@@ -120,7 +129,7 @@ pub async fn start(
         config.http.listen,
         health.clone(),
         registry,
-        report,
+        report.clone(),
         http_stop.clone(),
     )
     .await?;
@@ -154,7 +163,11 @@ pub async fn start(
         let _ = http_task.await;
         tracing::info!("consumer stopped");
     });
-    Ok(RunningConsumer { address, task })
+    Ok(RunningConsumer {
+        address,
+        report,
+        task,
+    })
 }
 
 type Stores = (Shared, Option<Arc<dyn IdempotencyStore>>);

@@ -17,7 +17,10 @@ use crate::{
     api::outbox_source::CleanupMode,
     config::{DeadLetterConfig, RelayConfig},
     dlq::{self, DeadLetterStore, table::TableStore},
-    observe::{Health, http},
+    observe::{
+        Health,
+        http::{self, StatusReport},
+    },
     outbox::{self, NotificationChannel, OutboxStore},
     retry::{Backoff, sleep_or_stop},
 };
@@ -40,10 +43,16 @@ pub(crate) struct Shared {
 pub struct RunningRelay {
     /// Where `/healthz`, `/readyz`, `/metrics` and `/status` are served.
     pub address: SocketAddr,
+    report: Arc<dyn StatusReport>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl RunningRelay {
+    /// What answers `/status`, to read it in-process (it keeps answering after the stop).
+    pub fn report(&self) -> Arc<dyn StatusReport> {
+        self.report.clone()
+    }
+
     /// Waits until the relay has stopped (after `shutdown` is cancelled).
     pub async fn wait(self) {
         if let Err(error) = self.task.await {
@@ -71,7 +80,7 @@ pub async fn start(
         config.http.listen,
         health.clone(),
         registry,
-        report,
+        report.clone(),
         http_stop.clone(),
     )
     .await?;
@@ -84,7 +93,11 @@ pub async fn start(
         let _ = http_task.await;
         tracing::info!("relay stopped");
     });
-    Ok(RunningRelay { address, task })
+    Ok(RunningRelay {
+        address,
+        report,
+        task,
+    })
 }
 
 /// Opens everything the workers need, retrying until it works or `shutdown`.
