@@ -31,11 +31,23 @@ pub struct Cli {
         env = "FERRY_LOG_FORMAT"
     )]
     pub log_format: LogFormat,
-    /// Log level or filter (`info`, `ferry=debug`); `RUST_LOG` overrides it.
-    #[arg(long, global = true, default_value = "info", env = "FERRY_LOG_LEVEL")]
-    pub log_level: String,
+    /// Log level or filter (`info`, `ferry=debug`); `RUST_LOG` overrides it. Default: `info`,
+    /// and `warn` for `ferry demo`, whose own output tells the story.
+    #[arg(long, global = true, env = "FERRY_LOG_LEVEL")]
+    pub log_level: Option<String>,
     #[command(subcommand)]
     pub command: Command,
+}
+
+impl Cli {
+    /// The log filter: the one given, else the command's default.
+    pub fn log_level(&self) -> &str {
+        match (&self.log_level, &self.command) {
+            (Some(level), _) => level,
+            (None, Command::Demo(_)) => "warn",
+            (None, _) => "info",
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]

@@ -20,9 +20,15 @@ pub enum LogFormat {
     Text,
 }
 
+/// lapin logs, at ERROR, every channel the server closes, and at WARN every returned message;
+/// Ferry closes channels on purpose (passive declares that find nothing) and handles returns
+/// itself (an unroutable message is dead-lettered with the reason), so both are noise.
+const QUIET_DEPENDENCIES: &str = "lapin::channel=off,lapin::returned_messages=off";
+
 /// Installs the global subscriber. `RUST_LOG` overrides `level` when set.
 pub fn init(format: LogFormat, level: &str) -> anyhow::Result<()> {
-    let filter = EnvFilter::try_from_default_env().or_else(|_| EnvFilter::try_new(level))?;
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(format!("{level},{QUIET_DEPENDENCIES}")))?;
     let registry = tracing_subscriber::registry().with(filter);
     match format {
         LogFormat::Json => registry

@@ -8,7 +8,7 @@ use std::{
     net::SocketAddr,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
 };
 
@@ -48,6 +48,8 @@ pub struct Tally {
 struct Service {
     db: DemoDb,
     failure_rate: f64,
+    /// Set once "the cause is fixed": the poison orders then reserve like any other.
+    carries_poison_items: AtomicBool,
     injected: Mutex<HashMap<String, u32>>,
     tally: Arc<Tally>,
 }
@@ -81,33 +83,61 @@ impl Service {
     }
 }
 
-/// Starts the service on a free loopback port; it stops when `stop` is cancelled.
-pub async fn start(
-    db: DemoDb,
-    failure_rate: f64,
+/// The running service.
+pub struct Inventory {
+    pub address: SocketAddr,
+    pub tally: Arc<Tally>,
+    service: Arc<Service>,
     stop: CancellationToken,
-) -> std::io::Result<(SocketAddr, Arc<Tally>, tokio::task::JoinHandle<()>)> {
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Inventory {
+    /// The fix for the poison orders: from now on they reserve like any other.
+    pub fn carry_poison_items(&self) {
+        self.service
+            .carries_poison_items
+            .store(true, Ordering::Relaxed);
+    }
+
+    pub async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+    }
+}
+
+/// Starts the service on a free loopback port.
+pub async fn start(db: DemoDb, failure_rate: f64) -> std::io::Result<Inventory> {
     let tally = Arc::new(Tally::default());
     let service = Arc::new(Service {
         db,
         failure_rate,
+        carries_poison_items: AtomicBool::new(false),
         injected: Mutex::new(HashMap::new()),
         tally: tally.clone(),
     });
+    let stop = CancellationToken::new();
     let router = Router::new()
         .route(PATH, post(reserve))
-        .with_state(service);
+        .with_state(service.clone());
     let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
     let address = listener.local_addr()?;
+    let stopped = stop.clone();
     let task = tokio::spawn(async move {
         if let Err(error) = axum::serve(listener, router)
-            .with_graceful_shutdown(stop.cancelled_owned())
+            .with_graceful_shutdown(stopped.cancelled_owned())
             .await
         {
             tracing::error!(%error, "the demo inventory service stopped");
         }
     });
-    Ok((address, tally, task))
+    Ok(Inventory {
+        address,
+        tally,
+        service,
+        stop,
+        task,
+    })
 }
 
 async fn reserve(
@@ -130,7 +160,7 @@ async fn reserve(
         Ok(order) => order,
         Err(error) => return (StatusCode::BAD_REQUEST, format!("body: {error}")),
     };
-    if order.sku.starts_with(POISON_SKU) {
+    if order.sku.starts_with(POISON_SKU) && !service.carries_poison_items.load(Ordering::Relaxed) {
         tally.poison_refusals.fetch_add(1, Ordering::Relaxed);
         return (
             StatusCode::INTERNAL_SERVER_ERROR,

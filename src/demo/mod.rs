@@ -18,7 +18,10 @@ use std::{
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio_util::sync::CancellationToken;
 
-use crate::standalone::{self, Listen, Pipelines, Reading};
+use crate::{
+    dlq::{self, query::Selection, replay::ReplayProgress, table::TableStore},
+    standalone::{self, Listen, Pipelines, Reading},
+};
 use quickstart::{Broker, Database};
 pub use report::{Counts, Reported};
 use store::{DemoDb, Order};
@@ -63,7 +66,11 @@ pub struct DemoArgs {
     /// tables there (all named demo_*).
     #[arg(long, env = "FERRY_DEMO_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
-    /// Give up waiting for every order to settle after this long.
+    /// Leave the dead letters waiting instead of fixing the inventory service and replaying
+    /// them at the end.
+    #[arg(long)]
+    pub no_replay: bool,
+    /// Give up waiting for every order to settle (and for the replay) after this long.
     #[arg(long, default_value = "120s")]
     pub timeout: crate::api::duration::Duration,
 }
@@ -103,16 +110,37 @@ impl DemoArgs {
 /// What a finished demo found.
 #[derive(Debug)]
 pub struct Outcome {
+    /// Counted once every order had settled, before the replay.
     pub counts: Counts,
     pub reported: Reported,
     pub database_url: String,
     /// Whether every order settled before the timeout (or an interruption).
     pub settled_in_time: bool,
+    pub replay: Option<Replayed>,
+}
+
+/// The dead letters' replay after the fix.
+#[derive(Debug)]
+pub struct Replayed {
+    pub progress: ReplayProgress,
+    /// Counted after the replay: every order should now be delivered, none applied twice.
+    pub counts: Counts,
+}
+
+impl Replayed {
+    pub fn holds(&self) -> bool {
+        self.progress.all_replayed()
+            && self.counts.delivered == self.counts.orders
+            && self.counts.applied_twice == 0
+            && self.counts.stock_mismatches == 0
+    }
 }
 
 impl Outcome {
     pub fn holds(&self) -> bool {
-        self.settled_in_time && self.counts.broken_invariants().is_empty()
+        self.settled_in_time
+            && self.counts.broken_invariants().is_empty()
+            && self.replay.as_ref().is_none_or(Replayed::holds)
     }
 }
 
@@ -136,6 +164,22 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             println!("BROKEN: {problem}");
         }
     }
+    if let Some(replay) = &outcome.replay {
+        let progress = &replay.progress;
+        println!(
+            "\nThen the inventory service was fixed (it now carries the POISON items) and the dead letters replayed:"
+        );
+        println!(
+            "  replayed {} of {} ({} failed again); delivered now {} of {} orders; applied twice {}: {}",
+            progress.replayed,
+            progress.total(),
+            progress.failed_again,
+            replay.counts.delivered,
+            replay.counts.orders,
+            replay.counts.applied_twice,
+            if replay.holds() { "ok" } else { "FAILED" }
+        );
+    }
     print_next_steps(&outcome);
     Ok(if outcome.holds() {
         ExitCode::SUCCESS
@@ -148,13 +192,19 @@ fn print_next_steps(outcome: &Outcome) {
     let url = &outcome.database_url;
     let table = quickstart::DEAD_LETTER_TABLE;
     let origin = format!("consumer/default/{}", quickstart::CONSUMER);
-    println!("\nThe dead letters wait in {table}. Look at them, and replay them once the cause is fixed:");
-    println!("  ferry dlq stats  --url '{url}' --table {table}");
-    println!("  ferry dlq list   --url '{url}' --table {table} --origin {origin}");
-    println!("  ferry dlq show   --url '{url}' --table {table} --seq <SEQ>");
-    println!(
-        "  ferry dlq replay --url '{url}' --table {table} --origin {origin}   # delivered when the consumer runs again"
-    );
+    if outcome.replay.is_some() {
+        println!("\nThe dead letters stay in {table} with their history (failures, replay request, replay):");
+        println!("  ferry dlq list --url '{url}' --table {table} --status any");
+        println!("  ferry dlq show --url '{url}' --table {table} --seq 1");
+    } else {
+        println!("\nThe dead letters wait in {table}. Look at them, and replay them once the cause is fixed:");
+        println!("  ferry dlq stats  --url '{url}' --table {table}");
+        println!("  ferry dlq list   --url '{url}' --table {table} --origin {origin}");
+        println!("  ferry dlq show   --url '{url}' --table {table} --seq <SEQ>");
+        println!(
+            "  ferry dlq replay --url '{url}' --table {table} --origin {origin}   # taken up by the consumer of that origin when it runs"
+        );
+    }
 }
 
 /// Runs the demo to the end (every order settled), the timeout, or `interrupted`.
@@ -175,10 +225,9 @@ pub async fn run_demo(args: &DemoArgs, interrupted: &CancellationToken) -> anyho
         .map_err(|error| anyhow::anyhow!("creating the demo tables: {error}"))?;
     db.stock(&SKUS).await?;
 
-    let stop_service = CancellationToken::new();
-    let (service_address, tally, service_task) =
-        inventory::start(db.clone(), args.failure_rate, stop_service.clone()).await?;
-    let sink_url = format!("http://{service_address}{}", inventory::PATH);
+    let inventory = inventory::start(db.clone(), args.failure_rate).await?;
+    let tally = inventory.tally.clone();
+    let sink_url = format!("http://{}{}", inventory.address, inventory::PATH);
 
     let mut documents = quickstart::documents()?;
     quickstart::adapt(&mut documents, &sink_url, args.database, args.broker);
@@ -210,6 +259,9 @@ pub async fn run_demo(args: &DemoArgs, interrupted: &CancellationToken) -> anyho
         standalone::display::start_table(&pipelines, &[])
     );
 
+    // A RabbitMQ topic exchange drops what no queue is bound to yet (the relay dead-letters it
+    // as unroutable), so the orders wait until the consumer has declared and bound its queue.
+    wait_until_ready(&pipelines, Instant::now() + args.timeout.as_std(), interrupted).await?;
     let progress = Progress::new(u64::from(args.orders));
     let producer_stop = interrupted.child_token();
     let producer = tokio::spawn(produce(
@@ -224,7 +276,7 @@ pub async fn run_demo(args: &DemoArgs, interrupted: &CancellationToken) -> anyho
     let origin = format!("consumer/default/{}", quickstart::CONSUMER);
     let mut settled_in_time = false;
     loop {
-        let counts = Counts::gather(&db, &origin).await.ok();
+        let counts = Counts::gather(&db).await.ok();
         let (published, retried, dead_lettered) = figures(&pipelines);
         progress.show(published, counts.as_ref(), retried, dead_lettered, &tally);
         let produced = producer.is_finished();
@@ -246,15 +298,36 @@ pub async fn run_demo(args: &DemoArgs, interrupted: &CancellationToken) -> anyho
     producer_stop.cancel();
     let produced = producer.await?;
     progress.finish();
+    let counts = Counts::gather(&db).await;
+    let replay = match &counts {
+        Ok(counts)
+            if !args.no_replay
+                && settled_in_time
+                && counts.dead_poison + counts.dead_other > 0
+                && !interrupted.is_cancelled() =>
+        {
+            inventory.carry_poison_items();
+            let progress = replay_dead_letters(
+                args.database,
+                &database_url,
+                &origin,
+                deadline.saturating_duration_since(Instant::now()),
+            )
+            .await?;
+            Some(Replayed {
+                progress,
+                counts: Counts::gather(&db).await?,
+            })
+        }
+        _ => None,
+    };
     stop_workloads.cancel();
     let finals = pipelines.wait().await;
-    stop_service.cancel();
-    let _ = service_task.await;
+    inventory.stop().await;
     if let Err(error) = produced {
         anyhow::bail!("the orders service failed: {error}");
     }
-
-    let counts = Counts::gather(&db, &origin).await?;
+    let counts = counts?;
     let mut reported = Reported {
         requests_at_service: tally.requests.load(Ordering::Relaxed),
         ..Reported::default()
@@ -275,7 +348,83 @@ pub async fn run_demo(args: &DemoArgs, interrupted: &CancellationToken) -> anyho
         reported,
         database_url,
         settled_in_time,
+        replay,
     })
+}
+
+/// Asks for every waiting dead letter of `origin` to be replayed, as `ferry dlq replay` does,
+/// and waits until the running consumer has delivered them (or `timeout`).
+async fn replay_dead_letters(
+    database: Database,
+    url: &str,
+    origin: &str,
+    timeout: Duration,
+) -> anyhow::Result<ReplayProgress> {
+    let engine = match database {
+        Database::Sqlite => crate::api::DatabaseEngine::Sqlite,
+        Database::Postgres => crate::api::DatabaseEngine::Postgres,
+    };
+    let store = TableStore::connect_existing(engine, url, quickstart::DEAD_LETTER_TABLE).await?;
+    let selection = Selection {
+        origin: Some(origin.to_owned()),
+        ..Selection::waiting()
+    };
+    let request = dlq::replay::request(
+        &store,
+        &selection,
+        "ferry demo",
+        Some("the inventory service now carries the POISON items"),
+    )
+    .await?;
+    let bar = ProgressBar::new(request.letters).with_style(
+        ProgressStyle::with_template("{prefix:>10} [{bar:40}] {pos:>7}/{len}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.set_prefix("replayed");
+    let progress = dlq::replay::watch(
+        &store,
+        &request.id,
+        Duration::from_millis(200),
+        Some(timeout),
+        |progress| bar.set_position(progress.replayed),
+    )
+    .await?;
+    bar.abandon();
+    Ok(progress)
+}
+
+/// Waits until every workload reports ready: connected to its database and broker, and (a
+/// consumer) subscribed.
+async fn wait_until_ready(
+    pipelines: &Pipelines,
+    deadline: Instant,
+    interrupted: &CancellationToken,
+) -> anyhow::Result<()> {
+    loop {
+        let waiting: Vec<String> = pipelines
+            .running
+            .iter()
+            .filter(|running| {
+                let ready = match running.reading() {
+                    Reading::Relay(relay) => relay.ready,
+                    Reading::Consumer(consumer) => consumer.ready,
+                };
+                ready != Some(true)
+            })
+            .map(|running| format!("{} {}", running.workload.role(), running.workload.name()))
+            .collect();
+        if waiting.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline || interrupted.is_cancelled() {
+            anyhow::bail!(
+                "not ready before the timeout: {} (is the broker or database running?)",
+                waiting.join(", ")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// The data folder: the one given (an earlier demo's database in it is replaced), or a new

@@ -19,7 +19,7 @@ pub struct Counts {
     pub delivered: i64,
     /// Repeats the inventory service's inbox turned away.
     pub repeats_at_service: i64,
-    /// The consumer's dead letters that are poison orders, and that are not.
+    /// Dead letters (of the relay or the consumer) that are poison orders, and that are not.
     pub dead_poison: i64,
     pub dead_other: i64,
     /// Orders neither delivered nor dead-lettered.
@@ -40,12 +40,12 @@ pub struct Reported {
 }
 
 impl Counts {
-    /// Counts this run's rows. `origin` is the consumer's, as its dead letters carry it.
-    pub async fn gather(db: &DemoDb, origin: &str) -> Result<Self, sqlx::Error> {
+    /// Counts the rows of this run's orders.
+    pub async fn gather(db: &DemoDb) -> Result<Self, sqlx::Error> {
         let dead_letters = quickstart::DEAD_LETTER_TABLE;
         let delivered = format!("EXISTS (SELECT 1 FROM {INBOX} i WHERE i.message_id = o.event_id)");
         let dead = format!(
-            "EXISTS (SELECT 1 FROM {dead_letters} d WHERE d.message_id = o.event_id AND d.origin = $1)"
+            "EXISTS (SELECT 1 FROM {dead_letters} d WHERE d.message_id = o.event_id)"
         );
         Ok(Self {
             orders: db.count(&format!("SELECT COUNT(*) FROM {ORDERS}")).await?,
@@ -60,22 +60,15 @@ impl Counts {
                 .await?,
             repeats_at_service: db.count(&format!("SELECT COUNT(*) FROM {DUPLICATES}")).await?,
             dead_poison: db
-                .count_for(
-                    &format!("SELECT COUNT(*) FROM {ORDERS} o WHERE poison = 1 AND {dead}"),
-                    origin,
-                )
+                .count(&format!("SELECT COUNT(*) FROM {ORDERS} o WHERE poison = 1 AND {dead}"))
                 .await?,
             dead_other: db
-                .count_for(
-                    &format!("SELECT COUNT(*) FROM {ORDERS} o WHERE poison = 0 AND {dead}"),
-                    origin,
-                )
+                .count(&format!("SELECT COUNT(*) FROM {ORDERS} o WHERE poison = 0 AND {dead}"))
                 .await?,
             lost: db
-                .count_for(
-                    &format!("SELECT COUNT(*) FROM {ORDERS} o WHERE NOT {delivered} AND NOT {dead}"),
-                    origin,
-                )
+                .count(&format!(
+                    "SELECT COUNT(*) FROM {ORDERS} o WHERE NOT {delivered} AND NOT {dead}"
+                ))
                 .await?,
             applied_twice: db
                 .count(&format!(

@@ -208,12 +208,6 @@ impl DemoDb {
         Ok(on_pool!(self, pool => sqlx::query_scalar::<_, i64>(query).fetch_one(pool).await?))
     }
 
-    /// The same, with the dead letters' origin bound as `$1`.
-    pub async fn count_for(&self, query: &str, origin: &str) -> Result<i64, sqlx::Error> {
-        let query = outbox::trusted(query.to_owned());
-        Ok(on_pool!(self, pool => sqlx::query_scalar::<_, i64>(query).bind(origin).fetch_one(pool).await?))
-    }
-
     pub async fn close(&self) {
         on_pool!(self, pool => pool.close().await);
     }
