@@ -187,7 +187,10 @@ async fn reserve(
         }
         Err(error) => {
             tally.database_errors.fetch_add(1, Ordering::Relaxed);
-            return (StatusCode::SERVICE_UNAVAILABLE, format!("database: {error}"));
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("database: {error}"),
+            );
         }
     }
     if fault == Fault::After {

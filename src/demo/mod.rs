@@ -94,7 +94,11 @@ impl DemoArgs {
             Broker::Nats => "nats://127.0.0.1:4222",
             Broker::Redis => "redis://127.0.0.1:6379",
         };
-        Some(self.broker_url.clone().unwrap_or_else(|| default.to_owned()))
+        Some(
+            self.broker_url
+                .clone()
+                .unwrap_or_else(|| default.to_owned()),
+        )
     }
 
     fn database_url(&self, data: &Path) -> String {
@@ -158,7 +162,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         );
     }
     if broken.is_empty() && outcome.settled_in_time {
-        println!("\nEvery invariant holds: nothing lost, nothing applied twice, and only the poison orders dead-lettered.");
+        println!(
+            "\nEvery invariant holds: nothing lost, nothing applied twice, and only the poison orders dead-lettered."
+        );
     } else {
         for problem in &broken {
             println!("BROKEN: {problem}");
@@ -193,11 +199,15 @@ fn print_next_steps(outcome: &Outcome) {
     let table = quickstart::DEAD_LETTER_TABLE;
     let origin = format!("consumer/default/{}", quickstart::CONSUMER);
     if outcome.replay.is_some() {
-        println!("\nThe dead letters stay in {table} with their history (failures, replay request, replay):");
+        println!(
+            "\nThe dead letters stay in {table} with their history (failures, replay request, replay):"
+        );
         println!("  ferry dlq list --url '{url}' --table {table} --status any");
         println!("  ferry dlq show --url '{url}' --table {table} --seq 1");
     } else {
-        println!("\nThe dead letters wait in {table}. Look at them, and replay them once the cause is fixed:");
+        println!(
+            "\nThe dead letters wait in {table}. Look at them, and replay them once the cause is fixed:"
+        );
         println!("  ferry dlq stats  --url '{url}' --table {table}");
         println!("  ferry dlq list   --url '{url}' --table {table} --origin {origin}");
         println!("  ferry dlq show   --url '{url}' --table {table} --seq <SEQ>");
@@ -219,7 +229,9 @@ pub async fn run_demo(args: &DemoArgs, interrupted: &CancellationToken) -> anyho
     let database_url = args.database_url(&data);
     let db = DemoDb::connect(args.database, &database_url)
         .await
-        .map_err(|error| anyhow::anyhow!("the demo database ({}): {error}", args.database.engine()))?;
+        .map_err(|error| {
+            anyhow::anyhow!("the demo database ({}): {error}", args.database.engine())
+        })?;
     db.reset(&database_url)
         .await
         .map_err(|error| anyhow::anyhow!("creating the demo tables: {error}"))?;
@@ -233,7 +245,12 @@ pub async fn run_demo(args: &DemoArgs, interrupted: &CancellationToken) -> anyho
     quickstart::adapt(&mut documents, &sink_url, args.database, args.broker);
     let broker_url = args.broker_url();
     let plan = standalone::plan_documents(&documents, "default", |secrets| {
-        secrets.set("default", quickstart::DATABASE_SECRET, "url", database_url.clone());
+        secrets.set(
+            "default",
+            quickstart::DATABASE_SECRET,
+            "url",
+            database_url.clone(),
+        );
         if let Some(url) = &broker_url {
             secrets.set("default", quickstart::BROKER_SECRET, "url", url.clone());
         }
@@ -254,14 +271,16 @@ pub async fn run_demo(args: &DemoArgs, interrupted: &CancellationToken) -> anyho
 
     let stop_workloads = CancellationToken::new();
     let pipelines = Pipelines::start(plan, Listen { base: None }, &stop_workloads).await?;
-    print!(
-        "{}",
-        standalone::display::start_table(&pipelines, &[])
-    );
+    print!("{}", standalone::display::start_table(&pipelines, &[]));
 
     // A RabbitMQ topic exchange drops what no queue is bound to yet (the relay dead-letters it
     // as unroutable), so the orders wait until the consumer has declared and bound its queue.
-    wait_until_ready(&pipelines, Instant::now() + args.timeout.as_std(), interrupted).await?;
+    wait_until_ready(
+        &pipelines,
+        Instant::now() + args.timeout.as_std(),
+        interrupted,
+    )
+    .await?;
     let progress = Progress::new(u64::from(args.orders));
     let producer_stop = interrupted.child_token();
     let producer = tokio::spawn(produce(
@@ -467,7 +486,7 @@ async fn produce(
 ) -> Result<(), sqlx::Error> {
     let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate)));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    let spacing = if poison == 0 { u32::MAX } else { count / poison };
+    let spacing = count.checked_div(poison).unwrap_or(u32::MAX);
     for index in 0..count {
         tokio::select! {
             _ = ticker.tick() => {}
@@ -546,7 +565,8 @@ impl Progress {
         dead_lettered: u64,
         tally: &Arc<inventory::Tally>,
     ) {
-        self.published.set_position(published.min(self.published.length().unwrap_or(0)));
+        self.published
+            .set_position(published.min(self.published.length().unwrap_or(0)));
         if let Some(counts) = counts {
             self.settled
                 .set_position((counts.delivered + counts.dead_poison + counts.dead_other) as u64);

@@ -86,7 +86,10 @@ pub fn documents() -> Result<Vec<Document>, LoadError> {
 /// Points the consumer at `sink_url` and moves the pipeline to `database` and `broker`.
 pub fn adapt(documents: &mut [Document], sink_url: &str, database: Database, broker: Broker) {
     for document in documents.iter_mut() {
-        let kind = document.value["kind"].as_str().unwrap_or_default().to_owned();
+        let kind = document.value["kind"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
         let spec = &mut document.value["spec"];
         match kind.as_str() {
             "Consumer" => {
@@ -163,7 +166,12 @@ mod tests {
                 let mut documents = documents().unwrap();
                 adapt(&mut documents, "http://127.0.0.1:1/x", database, broker);
                 let plan = crate::standalone::plan_documents(&documents, "default", |secrets| {
-                    secrets.set("default", BROKER_SECRET, "url", "nats://127.0.0.1:4222".into());
+                    secrets.set(
+                        "default",
+                        BROKER_SECRET,
+                        "url",
+                        "nats://127.0.0.1:4222".into(),
+                    );
                 })
                 .unwrap_or_else(|error| panic!("{broker:?} on {database:?}: {error}"));
                 assert_eq!(plan.workloads.len(), 2, "{broker:?} on {database:?}");

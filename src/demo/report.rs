@@ -44,26 +44,36 @@ impl Counts {
     pub async fn gather(db: &DemoDb) -> Result<Self, sqlx::Error> {
         let dead_letters = quickstart::DEAD_LETTER_TABLE;
         let delivered = format!("EXISTS (SELECT 1 FROM {INBOX} i WHERE i.message_id = o.event_id)");
-        let dead = format!(
-            "EXISTS (SELECT 1 FROM {dead_letters} d WHERE d.message_id = o.event_id)"
-        );
+        let dead =
+            format!("EXISTS (SELECT 1 FROM {dead_letters} d WHERE d.message_id = o.event_id)");
         Ok(Self {
             orders: db.count(&format!("SELECT COUNT(*) FROM {ORDERS}")).await?,
             poison_orders: db
                 .count(&format!("SELECT COUNT(*) FROM {ORDERS} WHERE poison = 1"))
                 .await?,
             outbox_pending: db
-                .count(&format!("SELECT COUNT(*) FROM {}", quickstart::OUTBOX_TABLE))
+                .count(&format!(
+                    "SELECT COUNT(*) FROM {}",
+                    quickstart::OUTBOX_TABLE
+                ))
                 .await?,
             delivered: db
-                .count(&format!("SELECT COUNT(*) FROM {ORDERS} o WHERE {delivered}"))
+                .count(&format!(
+                    "SELECT COUNT(*) FROM {ORDERS} o WHERE {delivered}"
+                ))
                 .await?,
-            repeats_at_service: db.count(&format!("SELECT COUNT(*) FROM {DUPLICATES}")).await?,
+            repeats_at_service: db
+                .count(&format!("SELECT COUNT(*) FROM {DUPLICATES}"))
+                .await?,
             dead_poison: db
-                .count(&format!("SELECT COUNT(*) FROM {ORDERS} o WHERE poison = 1 AND {dead}"))
+                .count(&format!(
+                    "SELECT COUNT(*) FROM {ORDERS} o WHERE poison = 1 AND {dead}"
+                ))
                 .await?,
             dead_other: db
-                .count(&format!("SELECT COUNT(*) FROM {ORDERS} o WHERE poison = 0 AND {dead}"))
+                .count(&format!(
+                    "SELECT COUNT(*) FROM {ORDERS} o WHERE poison = 0 AND {dead}"
+                ))
                 .await?,
             lost: db
                 .count(&format!(
@@ -183,7 +193,11 @@ pub fn render(counts: &Counts, reported: &Reported) -> String {
         &format!(
             "{}: must be 0 (stock matches its movements: {})",
             check(counts.applied_twice == 0),
-            if counts.stock_mismatches == 0 { "yes" } else { "NO" }
+            if counts.stock_mismatches == 0 {
+                "yes"
+            } else {
+                "NO"
+            }
         ),
     );
     out
@@ -214,11 +228,26 @@ mod tests {
     fn each_broken_promise_is_named() {
         let cases = [
             Counts { lost: 1, ..clean() },
-            Counts { applied_twice: 1, ..clean() },
-            Counts { dead_other: 1, ..clean() },
-            Counts { dead_poison: 2, ..clean() },
-            Counts { outbox_pending: 5, ..clean() },
-            Counts { stock_mismatches: 1, ..clean() },
+            Counts {
+                applied_twice: 1,
+                ..clean()
+            },
+            Counts {
+                dead_other: 1,
+                ..clean()
+            },
+            Counts {
+                dead_poison: 2,
+                ..clean()
+            },
+            Counts {
+                outbox_pending: 5,
+                ..clean()
+            },
+            Counts {
+                stock_mismatches: 1,
+                ..clean()
+            },
         ];
         for counts in cases {
             assert_eq!(counts.broken_invariants().len(), 1, "{counts:?}");

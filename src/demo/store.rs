@@ -164,8 +164,7 @@ impl DemoDb {
     /// The inventory service: the inbox row, the stock movement and the new stock level in one
     /// local transaction, so a repeat of the message changes nothing.
     pub async fn reserve(&self, message_id: &str, order: &Order) -> Result<Reserved, sqlx::Error> {
-        let inbox = Inbox::new(INBOX, quickstart::CONSUMER)
-            .map_err(|error| sqlx::Error::Protocol(error))?;
+        let inbox = Inbox::new(INBOX, quickstart::CONSUMER).map_err(sqlx::Error::Protocol)?;
         let movement = format!(
             "INSERT INTO {MOVEMENTS} (message_id, order_id, sku, quantity) VALUES ($1, $2, $3, $4)"
         );

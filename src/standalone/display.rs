@@ -137,7 +137,8 @@ pub async fn follow(pipelines: &Pipelines, every: Duration, stop: &CancellationT
         }
     }
     let bars = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
-    let style = ProgressStyle::with_template("{spinner} {msg}").unwrap_or_else(|_| ProgressStyle::default_spinner());
+    let style = ProgressStyle::with_template("{spinner} {msg}")
+        .unwrap_or_else(|_| ProgressStyle::default_spinner());
     let spinners: Vec<ProgressBar> = pipelines
         .running
         .iter()

@@ -65,7 +65,8 @@ pub fn plan_documents(
     if !admitted.is_valid() {
         return Err(RunError::Invalid(admitted.problems));
     }
-    let mut secrets = SecretValues::from_documents(documents, namespace).map_err(RunError::Invalid)?;
+    let mut secrets =
+        SecretValues::from_documents(documents, namespace).map_err(RunError::Invalid)?;
     adjust(&mut secrets);
     let env_is_set = |variable: &str| std::env::var_os(variable).is_some();
     let plan = plan::plan(&admitted, &secrets, &env_is_set).map_err(RunError::Invalid)?;
@@ -133,12 +134,18 @@ fn read(workload: &Workload, report: &dyn StatusReport) -> Reading {
     // the figures then show as unknown rather than stopping the run.
     let status = report.status();
     match workload.config {
-        WorkloadConfig::Relay(_) => Reading::Relay(serde_json::from_value(status).unwrap_or_default()),
+        WorkloadConfig::Relay(_) => {
+            Reading::Relay(serde_json::from_value(status).unwrap_or_default())
+        }
         WorkloadConfig::Consumer(_) => {
             Reading::Consumer(serde_json::from_value(status).unwrap_or_default())
         }
     }
 }
+
+/// How long relays wait for the consumers to subscribe before they start anyway (a consumer
+/// whose broker is down must not hold up the relays of other brokers for ever).
+const CONSUMERS_FIRST: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// Every workload of a plan, running.
 pub struct Pipelines {
@@ -147,48 +154,94 @@ pub struct Pipelines {
 
 impl Pipelines {
     /// Starts every workload of `plan`; each connects (retrying with backoff) in the background.
-    /// Cancelling `shutdown` stops them all. When one cannot start, those already started are
-    /// stopped before the error is returned.
+    /// Consumers start first, and relays once every consumer is subscribed (or after
+    /// `CONSUMERS_FIRST`): a RabbitMQ exchange drops what no queue is bound to yet, so a relay
+    /// that published before its consumer had declared its queue would dead-letter the first
+    /// messages as unroutable. Cancelling `shutdown` stops them all. When one cannot start,
+    /// those already started are stopped before the error is returned.
     pub async fn start(
         plan: Plan,
         listen: Listen,
         shutdown: &CancellationToken,
     ) -> Result<Self, RunError> {
-        let mut running = Vec::new();
-        for (index, mut workload) in plan.workloads.into_iter().enumerate() {
-            workload.set_listen(listen.address(index));
-            let started = match &workload.config {
-                WorkloadConfig::Relay(config) => relay::start((**config).clone(), shutdown.clone())
+        let (consumers, relays): (Vec<Workload>, Vec<Workload>) = plan
+            .workloads
+            .into_iter()
+            .partition(|workload| matches!(workload.config, WorkloadConfig::Consumer(_)));
+        let mut pipelines = Self {
+            running: Vec::new(),
+        };
+        for workload in consumers {
+            pipelines.start_one(workload, listen, shutdown).await?;
+        }
+        let deadline = tokio::time::Instant::now() + CONSUMERS_FIRST;
+        while !pipelines.all_ready()
+            && tokio::time::Instant::now() < deadline
+            && !shutdown.is_cancelled()
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        for workload in relays {
+            pipelines.start_one(workload, listen, shutdown).await?;
+        }
+        Ok(pipelines)
+    }
+
+    async fn start_one(
+        &mut self,
+        mut workload: Workload,
+        listen: Listen,
+        shutdown: &CancellationToken,
+    ) -> Result<(), RunError> {
+        workload.set_listen(listen.address(self.running.len()));
+        let started = match &workload.config {
+            WorkloadConfig::Relay(config) => relay::start((**config).clone(), shutdown.clone())
+                .await
+                .map(|relay| (relay.address, relay.report(), Handle::Relay(relay)))
+                .map_err(|error| error.to_string()),
+            WorkloadConfig::Consumer(config) => {
+                consumer::start((**config).clone(), shutdown.clone())
                     .await
-                    .map(|relay| (relay.address, relay.report(), Handle::Relay(relay)))
-                    .map_err(|error| error.to_string()),
-                WorkloadConfig::Consumer(config) => {
-                    consumer::start((**config).clone(), shutdown.clone())
-                        .await
-                        .map(|consumer| {
-                            (consumer.address, consumer.report(), Handle::Consumer(consumer))
-                        })
-                        .map_err(|error| error.to_string())
-                }
-            };
-            match started {
-                Ok((address, report, handle)) => running.push(Running {
+                    .map(|consumer| {
+                        (
+                            consumer.address,
+                            consumer.report(),
+                            Handle::Consumer(consumer),
+                        )
+                    })
+                    .map_err(|error| error.to_string())
+            }
+        };
+        match started {
+            Ok((address, report, handle)) => {
+                self.running.push(Running {
                     workload,
                     address,
                     report,
                     handle,
-                }),
-                Err(message) => {
-                    shutdown.cancel();
-                    Self { running }.wait().await;
-                    return Err(RunError::Start {
-                        workload: format!("{} {}", workload.object.kind, workload.name()),
-                        message,
-                    });
-                }
+                });
+                Ok(())
+            }
+            Err(message) => {
+                shutdown.cancel();
+                let started = Self {
+                    running: std::mem::take(&mut self.running),
+                };
+                started.wait().await;
+                Err(RunError::Start {
+                    workload: format!("{} {}", workload.object.kind, workload.name()),
+                    message,
+                })
             }
         }
-        Ok(Self { running })
+    }
+
+    /// Whether every workload reports ready (connected and, a consumer, subscribed).
+    pub fn all_ready(&self) -> bool {
+        self.running.iter().all(|running| match running.reading() {
+            Reading::Relay(relay) => relay.ready == Some(true),
+            Reading::Consumer(consumer) => consumer.ready == Some(true),
+        })
     }
 
     /// Waits until every workload has stopped (after `shutdown` is cancelled); their final

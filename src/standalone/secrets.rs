@@ -156,7 +156,10 @@ data:
         let problems = SecretValues::from_documents(&documents, "default").unwrap_err();
         assert_eq!(problems.len(), 1);
         let text = problems[0].to_string();
-        assert!(text.starts_with("secrets.yaml (document 3): Secret shop/binary: data.url"), "{text}");
+        assert!(
+            text.starts_with("secrets.yaml (document 3): Secret shop/binary: data.url"),
+            "{text}"
+        );
 
         let secrets = SecretValues::from_documents(&documents[..2], "default").unwrap();
         assert_eq!(
