@@ -134,6 +134,10 @@ pub struct RunArgs {
     /// When standard error is not a terminal, print the status lines this often.
     #[arg(long, default_value = "10s")]
     pub status_interval: crate::api::duration::Duration,
+    /// First create each OutboxSource's outbox table where it is missing, as `ferry outbox
+    /// migrate` does (safe to repeat).
+    #[arg(long)]
+    pub migrate: bool,
 }
 
 /// The flags of `ferry operator` (the chart's spellings are accepted as aliases).
@@ -423,6 +427,9 @@ fn render_consumer_config(
 async fn run_standalone(args: RunArgs) -> anyhow::Result<ExitCode> {
     use crate::standalone::{Listen, Pipelines, display, load_plan};
     let plan = load_plan(&args.paths, &args.namespace, |_| {})?;
+    if args.migrate {
+        crate::standalone::migrate_outboxes(&plan).await?;
+    }
     let suspended = plan.suspended.clone();
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signal(shutdown.clone()));

@@ -56,16 +56,20 @@ pub fn clear_progress_bars() {
     }
 }
 
-/// Standard error, hiding the progress bars while a line is written. The formatter writes
-/// each event with one `write_all`, so lines are not split.
+/// Standard error, or the line above the progress bars while they are drawn. The formatter
+/// writes each event with one `write_all`, so lines are not split.
 struct LogWriter;
 
 impl Write for LogWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let bars = BARS.read().ok().and_then(|slot| slot.clone());
         match bars {
-            Some(bars) => bars.suspend(|| io::stderr().write(buf)),
-            None => io::stderr().write(buf),
+            Some(bars) if !bars.is_hidden() => {
+                let text = String::from_utf8_lossy(buf);
+                bars.println(text.trim_end_matches('\n'))?;
+                Ok(buf.len())
+            }
+            _ => io::stderr().write(buf),
         }
     }
 

@@ -66,10 +66,12 @@ pub fn status_line(workload: &Workload, reading: &Reading, name_width: usize) ->
         Reading::Relay(relay) => (
             relay.ready,
             format!(
-                "published {}  pending {}  oldest {}s  dead-lettered {}",
+                "published {}  pending {}  oldest {}  dead-lettered {}",
                 known(relay.published_total),
                 known_i(relay.pending_rows),
-                known_i(relay.oldest_pending_age_seconds),
+                relay
+                    .oldest_pending_age_seconds
+                    .map_or_else(|| "-".to_owned(), |age| format!("{age}s")),
                 known(relay.dead_lettered_total),
             ),
             relay.last_error.as_ref(),

@@ -15,6 +15,7 @@ use crate::{
     manifest::{self, Problem},
     observe::http::StatusReport,
     operator::status::{ConsumerReading, RelayReading},
+    outbox,
     relay::{self, RunningRelay},
     validate::SecretCheck,
 };
@@ -74,6 +75,32 @@ pub fn plan_documents(
         return Err(RunError::Nothing);
     }
     Ok(plan)
+}
+
+/// Creates every relay's outbox table (and its triggers) where missing.
+pub async fn migrate_outboxes(plan: &Plan) -> Result<(), RunError> {
+    for workload in &plan.workloads {
+        if let WorkloadConfig::Relay(relay) = &workload.config {
+            let failed = |message: String| RunError::Start {
+                workload: format!("{} {}", workload.object.kind, workload.name()),
+                message,
+            };
+            let url = relay
+                .database
+                .url
+                .read()
+                .map_err(|error| failed(format!("the outbox database URL: {error}")))?;
+            outbox::migrate::migrate(relay.database.engine, &url, &relay.database.table)
+                .await
+                .map_err(|error| {
+                    failed(format!(
+                        "creating outbox table {}: {error}",
+                        relay.database.table
+                    ))
+                })?;
+        }
+    }
+    Ok(())
 }
 
 /// Where the workloads serve their endpoints: each on its own port from `base` upwards, or
