@@ -35,6 +35,26 @@ fn orders_pipeline_example_is_valid_with_its_secrets() {
 }
 
 #[test]
+fn quickstart_is_one_valid_pipeline_with_its_secret() {
+    let documents = manifest::load(&[examples().join("quickstart")]).expect("example loads");
+    let admitted = admit(&documents, "default", SecretCheck::Check);
+    let problems: Vec<String> = admitted.problems.iter().map(ToString::to_string).collect();
+    assert!(problems.is_empty(), "{problems:#?}");
+    let catalog = &admitted.catalog;
+    assert_eq!(
+        [
+            catalog.outbox_sources.len(),
+            catalog.broker_topics.len(),
+            catalog.retry_policies.len(),
+            catalog.dead_letter_queues.len(),
+            catalog.consumers.len(),
+            catalog.secrets.len()
+        ],
+        [1, 1, 2, 1, 1, 1],
+    );
+}
+
+#[test]
 fn every_example_passes_the_generated_schemas_and_ferry_validation() {
     let documents = manifest::load(&[examples()]).expect("examples load");
     let admission = Admission::new();
