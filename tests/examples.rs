@@ -12,6 +12,18 @@ fn examples() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples")
 }
 
+/// OutboxSources, BrokerTopics, RetryPolicies, DeadLetterQueues, Consumers and Secrets.
+fn object_counts(catalog: &ferry::validate::Catalog) -> [usize; 6] {
+    [
+        catalog.outbox_sources.len(),
+        catalog.broker_topics.len(),
+        catalog.retry_policies.len(),
+        catalog.dead_letter_queues.len(),
+        catalog.consumers.len(),
+        catalog.secrets.len(),
+    ]
+}
+
 #[test]
 fn orders_pipeline_example_is_valid_with_its_secrets() {
     let documents = manifest::load(&[examples().join("orders")]).expect("example loads");
@@ -19,16 +31,8 @@ fn orders_pipeline_example_is_valid_with_its_secrets() {
     let problems: Vec<String> = admitted.problems.iter().map(ToString::to_string).collect();
     assert!(problems.is_empty(), "{problems:#?}");
     assert!(admitted.ignored.is_empty(), "{:?}", admitted.ignored);
-    let catalog = &admitted.catalog;
     assert_eq!(
-        [
-            catalog.outbox_sources.len(),
-            catalog.broker_topics.len(),
-            catalog.retry_policies.len(),
-            catalog.dead_letter_queues.len(),
-            catalog.consumers.len(),
-            catalog.secrets.len()
-        ],
+        object_counts(&admitted.catalog),
         [1, 1, 2, 2, 1, 3],
         "the orders example should define one pipeline end to end"
     );
@@ -40,18 +44,7 @@ fn quickstart_is_one_valid_pipeline_with_its_secret() {
     let admitted = admit(&documents, "default", SecretCheck::Check);
     let problems: Vec<String> = admitted.problems.iter().map(ToString::to_string).collect();
     assert!(problems.is_empty(), "{problems:#?}");
-    let catalog = &admitted.catalog;
-    assert_eq!(
-        [
-            catalog.outbox_sources.len(),
-            catalog.broker_topics.len(),
-            catalog.retry_policies.len(),
-            catalog.dead_letter_queues.len(),
-            catalog.consumers.len(),
-            catalog.secrets.len()
-        ],
-        [1, 1, 2, 1, 1, 1],
-    );
+    assert_eq!(object_counts(&admitted.catalog), [1, 1, 2, 1, 1, 1]);
 }
 
 #[test]

@@ -142,6 +142,20 @@ async fn run_delivers_a_pipeline_from_its_manifests_and_stops_cleanly_on_sigterm
     }
 }
 
+/// Runs `ferry run -f manifests`, which must exit 1; its standard error.
+async fn refused(manifests: &std::path::Path) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["run", "-f"])
+        .arg(manifests)
+        .env_remove("FERRY_SECRET_RABBITMQ_URL")
+        .output()
+        .await
+        .expect("run ferry run");
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    stderr
+}
+
 #[tokio::test]
 async fn run_refuses_manifests_it_cannot_run_and_names_every_problem() {
     let dir = TempDir::new("run_invalid").expect("a temporary folder");
@@ -170,14 +184,7 @@ spec:
 "#,
     )
     .expect("write the manifests");
-    let output = Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .args(["run", "-f"])
-        .arg(&manifests)
-        .output()
-        .await
-        .expect("run ferry run");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    let stderr = refused(&manifests).await;
     assert!(
         stderr
             .contains("broken.yaml (document 1): OutboxSource shop/orders: spec.capture.batchSize"),
@@ -205,15 +212,7 @@ spec:
 "#,
     )
     .expect("write the manifests");
-    let output = Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .args(["run", "-f"])
-        .arg(&manifests)
-        .env_remove("FERRY_SECRET_RABBITMQ_URL")
-        .output()
-        .await
-        .expect("run ferry run");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    let stderr = refused(&manifests).await;
     assert!(
         stderr.contains("broken.yaml (document 2): Consumer shop/inventory: spec: Secret shop/rabbitmq (key url) is not among the manifests and FERRY_SECRET_RABBITMQ_URL is not set"),
         "{stderr}"
