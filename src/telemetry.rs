@@ -3,7 +3,7 @@
 //! them instead of through them.
 
 use std::{
-    io::{self, Write},
+    io::{self, IsTerminal, Write},
     sync::RwLock,
 };
 
@@ -35,7 +35,11 @@ pub fn init(format: LogFormat, level: &str) -> anyhow::Result<()> {
             .with(fmt::layer().json().with_writer(|| LogWriter))
             .try_init()?,
         LogFormat::Text => registry
-            .with(fmt::layer().with_writer(|| LogWriter))
+            .with(
+                fmt::layer()
+                    .with_ansi(io::stderr().is_terminal())
+                    .with_writer(|| LogWriter),
+            )
             .try_init()?,
     }
     Ok(())
