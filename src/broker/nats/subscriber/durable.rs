@@ -78,7 +78,9 @@ pub(super) async fn ensure(
                 )));
             }
             let current = owned_settings_match(&info.config, &wanted);
-            if !current && subscription.provision {
+            if subscription.single_active && info.num_ack_pending > 0 {
+                rewind(topic, stream, &info, &wanted, subscription.provision).await?;
+            } else if !current && subscription.provision {
                 let mut updated = info.config.clone();
                 updated.ack_wait = wanted.ack_wait;
                 updated.max_ack_pending = wanted.max_ack_pending;
@@ -142,6 +144,60 @@ pub(super) async fn ensure(
             topic: topic.to_owned(),
             message: format!("opening consumer {name} on stream {stream_name}: {error}"),
         })
+}
+
+/// Restarts an ordered group's consumer at its ack floor. A session starts with nothing in
+/// flight, so messages the group has not acknowledged were left by a stopped member (a crashed
+/// process, a lost connection). JetStream would hand out the newer messages at once and those
+/// only when their `ack_wait` ends, after later messages of the same key: the group would
+/// break per-key order. Recreated from the first unacknowledged sequence, the consumer delivers
+/// them again first, in stream order; messages above the floor that were already acknowledged
+/// come again too, and the idempotency store acknowledges them without a second delivery.
+async fn rewind(
+    topic: &str,
+    stream: &Stream,
+    info: &consumer::Info,
+    wanted: &consumer::Config,
+    provision: bool,
+) -> Result<(), BrokerError> {
+    let name = info.name.clone();
+    let start_sequence = info.ack_floor.stream_sequence + 1;
+    if !provision {
+        tracing::warn!(
+            topic,
+            consumer = %name,
+            unacknowledged = info.num_ack_pending,
+            "an ordered group has unacknowledged messages from a stopped member; with provision \
+             off the consumer is not rewound, so they come after newer messages of their keys"
+        );
+        return Ok(());
+    }
+    let mut rewound = info.config.clone();
+    rewound.ack_wait = wanted.ack_wait;
+    rewound.max_ack_pending = wanted.max_ack_pending;
+    rewound.max_deliver = wanted.max_deliver;
+    rewound.backoff = Vec::new();
+    rewound.deliver_policy = DeliverPolicy::ByStartSequence { start_sequence };
+    stream
+        .delete_consumer(&name)
+        .await
+        .map_err(|error| BrokerError::Connection {
+            topic: topic.to_owned(),
+            message: format!("rewinding consumer {name}: deleting it: {error}"),
+        })?;
+    stream
+        .create_consumer(rewound)
+        .await
+        .map_err(|error| consumer_error(topic, &name, &error))?;
+    tracing::info!(
+        topic,
+        consumer = %name,
+        start_sequence,
+        unacknowledged = info.num_ack_pending,
+        "rewound the ordered group's consumer to its ack floor: a stopped member's \
+         unacknowledged messages come first, in stream order"
+    );
+    Ok(())
 }
 
 /// The consumer Ferry creates: every message of the stream from its start, each acknowledged

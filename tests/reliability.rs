@@ -1,0 +1,161 @@
+//! The reliability suite: faults injected into real processes (`ferry relay`, `ferry consumer`)
+//! and real servers, each scenario on a PostgreSQL cluster and a nats-server of its own, and the
+//! promise checked from the data: every committed event delivered or (only the poison ones)
+//! dead-lettered, none applied twice, per-key order held where asked for.
+//!
+//! Each scenario prints its counts (`cargo test --test reliability -- --nocapture` shows them).
+
+mod support;
+
+#[path = "reliability/checker.rs"]
+mod checker;
+#[path = "reliability/service.rs"]
+mod service;
+#[path = "reliability/world.rs"]
+mod world;
+
+use std::time::Duration;
+
+use rand::RngExt;
+use tokio::time::Instant;
+
+use checker::Counts;
+use service::Service;
+use world::{Load, OUTBOX, Shape, Workload, World};
+
+/// Orders over this many keys, one every `LOAD_INTERVAL`, every `POISON_EVERY`-th refused.
+const KEYS: usize = 20;
+const LOAD_INTERVAL: Duration = Duration::from_millis(5);
+const POISON_EVERY: u64 = 97;
+/// How long everything may take to settle once the load stops.
+const SETTLE: Duration = Duration::from_secs(90);
+
+/// A running scenario: the service, the world, both workloads and the load.
+struct Scenario {
+    service: Service,
+    world: World,
+    relay: Workload,
+    consumer: Workload,
+    load: Load,
+    shape: Shape,
+}
+
+impl Scenario {
+    async fn start(shape: Shape) -> Self {
+        let service = Service::start().await;
+        let world = World::launch(&service.url(), shape).await;
+        service.use_database(world.pool.clone());
+        let consumer = world.start_consumer().await;
+        let relay = world.start_relay().await;
+        let load = Load::start(world.pool.clone(), KEYS, LOAD_INTERVAL, POISON_EVERY);
+        Self {
+            service,
+            world,
+            relay,
+            consumer,
+            load,
+            shape,
+        }
+    }
+
+    /// Stops the load, waits until every event has settled, stops both workloads with SIGTERM
+    /// (each must exit 0), and checks the promise. Prints the counts either way.
+    async fn finish(self, name: &str, faults: &str) -> Counts {
+        let committed = self.load.stop().await;
+        let deadline = Instant::now() + SETTLE;
+        let counts = loop {
+            let counts = Counts::read(&self.world.pool, OUTBOX)
+                .await
+                .expect("read the counts");
+            if (counts.settled() && counts.outbox_pending == 0) || Instant::now() >= deadline {
+                break counts;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        };
+        let relay_exit = self.relay.stop().await;
+        let consumer_exit = self.consumer.stop().await;
+        let tally = &self.service.tally;
+        println!(
+            "{name} [{faults}]: {counts}; service requests {}, repeats closed by its inbox {}, failed on purpose {}",
+            tally.requests.load(std::sync::atomic::Ordering::Relaxed),
+            tally.repeats.load(std::sync::atomic::Ordering::Relaxed),
+            tally
+                .failed_on_purpose
+                .load(std::sync::atomic::Ordering::Relaxed),
+        );
+        assert_eq!(counts.committed as u64, committed, "{counts}");
+        assert!(counts.committed > 0 && counts.poison > 0, "{counts}");
+        let broken = counts.broken(self.shape.ordered);
+        assert!(broken.is_empty(), "{name}: {broken:?}\n{counts}");
+        assert!(
+            relay_exit.success(),
+            "the relay's exit after SIGTERM: {relay_exit}"
+        );
+        assert!(
+            consumer_exit.success(),
+            "the consumer's exit after SIGTERM: {consumer_exit}"
+        );
+        counts
+    }
+}
+
+/// A pause of 200–700 ms between faults.
+fn pause() -> Duration {
+    Duration::from_millis(rand::rng().random_range(200..700))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_sigkilled_repeatedly_under_load() {
+    let mut scenario = Scenario::start(Shape { ordered: true }).await;
+    for _ in 0..5 {
+        tokio::time::sleep(pause()).await;
+        scenario.relay.kill_and_restart().await;
+    }
+    tokio::time::sleep(pause()).await;
+    let kills = scenario.relay.kills;
+    scenario
+        .finish("relay SIGKILLed", &format!("{kills} relay kills"))
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumer_sigkilled_repeatedly_under_load() {
+    let mut scenario = Scenario::start(Shape { ordered: true }).await;
+    for _ in 0..5 {
+        tokio::time::sleep(pause()).await;
+        scenario.consumer.kill_and_restart().await;
+    }
+    tokio::time::sleep(pause()).await;
+    let kills = scenario.consumer.kills;
+    scenario
+        .finish("consumer SIGKILLed", &format!("{kills} consumer kills"))
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_and_consumer_sigkilled_at_once_under_load() {
+    let mut scenario = Scenario::start(Shape { ordered: true }).await;
+    for _ in 0..4 {
+        tokio::time::sleep(pause()).await;
+        let (relay, consumer) = (&mut scenario.relay, &mut scenario.consumer);
+        tokio::join!(relay.kill_and_restart(), consumer.kill_and_restart());
+    }
+    tokio::time::sleep(pause()).await;
+    let kills = scenario.relay.kills;
+    scenario
+        .finish("both SIGKILLed", &format!("{kills} kills of each"))
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sink_failing_a_fifth_of_requests_at_random_with_ordering_off() {
+    let scenario = Scenario::start(Shape { ordered: false }).await;
+    scenario.service.fail_randomly(0.2);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    scenario
+        .finish(
+            "sink 500 at random",
+            "20% of requests answered 500, ordering off",
+        )
+        .await;
+}

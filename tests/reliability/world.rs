@@ -1,0 +1,335 @@
+//! One scenario's world, isolated from every other: a PostgreSQL cluster (initdb) and a
+//! nats-server of its own on free ports; the pipeline's manifests resolved into relay and consumer
+//! configs exactly as `ferry run` and the operator resolve them; the relay and the consumer as
+//! real `ferry relay` and `ferry consumer` child processes that can be killed and restarted;
+//! and the orders service committing a steady load.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use ferry::{
+    config::{ConsumerConfig, RelayConfig},
+    manifest::{Document, Origin},
+    outbox::producer::{NewEvent, enqueue},
+    standalone::{self, WorkloadConfig},
+};
+use serde_json::{Value, json};
+use sqlx::{PgPool, postgres::PgPoolOptions};
+use tokio::process::{Child, Command};
+use tokio_util::sync::CancellationToken;
+
+use crate::support::{
+    free_port,
+    servers::{PrivateNats, postgres::PrivatePostgres},
+};
+
+pub const ORDERS: &str = "orders";
+pub const OUTBOX: &str = "ferry_outbox";
+pub const DEAD_LETTERS: &str = "ferry_dead_letters";
+pub const INBOX: &str = "service_inbox";
+pub const LEDGER: &str = "service_ledger";
+
+/// What a scenario varies.
+#[derive(Clone, Copy, Debug)]
+pub struct Shape {
+    /// The Consumer's `ordering`: per key, or none.
+    pub ordered: bool,
+}
+
+pub struct World {
+    pub postgres: PrivatePostgres,
+    pub nats: PrivateNats,
+    pub pool: PgPool,
+    pub relay: RelayConfig,
+    pub consumer: ConsumerConfig,
+    dir: tempfile::TempDir,
+}
+
+impl World {
+    pub async fn launch(sink_url: &str, shape: Shape) -> Self {
+        let postgres = PrivatePostgres::launch()
+            .await
+            .expect("a private PostgreSQL");
+        let nats = PrivateNats::launch().await.expect("a private nats-server");
+        let pool = PgPoolOptions::new()
+            .max_connections(4)
+            .connect(&postgres.url())
+            .await
+            .expect("connect to the private PostgreSQL");
+        for statement in [
+            format!(
+                "CREATE TABLE {ORDERS} (seq BIGSERIAL PRIMARY KEY, key TEXT NOT NULL, n INT NOT NULL, \
+                 event_id TEXT NOT NULL, poison BOOLEAN NOT NULL)"
+            ),
+            format!(
+                "CREATE TABLE {LEDGER} (seq BIGSERIAL PRIMARY KEY, message_id TEXT NOT NULL, \
+                 key TEXT NOT NULL, n INT NOT NULL)"
+            ),
+        ]
+        .into_iter()
+        .chain(ferry::consumer::inbox::inbox_ddl(
+            ferry::api::DatabaseEngine::Postgres,
+            INBOX,
+        )) {
+            sqlx::query(sqlx::AssertSqlSafe(statement))
+                .execute(&pool)
+                .await
+                .expect("create the scenario's tables");
+        }
+        ferry::outbox::migrate::migrate(
+            ferry::api::DatabaseEngine::Postgres,
+            &postgres.url(),
+            OUTBOX,
+        )
+        .await
+        .expect("migrate the outbox");
+
+        let documents: Vec<Document> = manifests(&postgres.url(), &nats.url(), sink_url, shape)
+            .into_iter()
+            .enumerate()
+            .map(|(index, value)| Document {
+                origin: Origin {
+                    file: PathBuf::from("reliability.yaml"),
+                    document: index + 1,
+                },
+                value,
+            })
+            .collect();
+        let plan = standalone::plan_documents(&documents, "reliability", |_| {})
+            .unwrap_or_else(|error| panic!("the scenario's manifests: {error}"));
+        let (mut relay, mut consumer) = (None, None);
+        for workload in plan.workloads {
+            match workload.config {
+                WorkloadConfig::Relay(config) => relay = Some(*config),
+                WorkloadConfig::Consumer(config) => consumer = Some(*config),
+            }
+        }
+        let mut relay = relay.expect("a relay");
+        let mut consumer = consumer.expect("a consumer");
+        relay.http.listen = loopback_port();
+        consumer.http.listen = loopback_port();
+        Self {
+            postgres,
+            nats,
+            pool,
+            relay,
+            consumer,
+            dir: tempfile::tempdir().expect("a temporary folder"),
+        }
+    }
+
+    pub async fn start_relay(&self) -> Workload {
+        Workload::start(
+            "relay",
+            &ferry::config::to_yaml(&self.relay).expect("YAML"),
+            self.relay.http.listen,
+            self.dir.path(),
+        )
+        .await
+    }
+
+    pub async fn start_consumer(&self) -> Workload {
+        Workload::start(
+            "consumer",
+            &ferry::config::to_yaml(&self.consumer).expect("YAML"),
+            self.consumer.http.listen,
+            self.dir.path(),
+        )
+        .await
+    }
+}
+
+fn loopback_port() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], free_port().expect("a free port")))
+}
+
+/// The pipeline as a user writes it, in the namespace `reliability`.
+fn manifests(database: &str, nats: &str, sink_url: &str, shape: Shape) -> Vec<Value> {
+    let meta = |name: &str| json!({"name": name});
+    let db = |table: &str| json!({"engine": "postgres", "connection": {"secretRef": {"name": "db"}}, "table": table});
+    vec![
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": meta("db"), "stringData": {"url": database}}),
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": meta("nats"), "stringData": {"url": nats}}),
+        json!({
+            "apiVersion": "ferry.dev/v1alpha1", "kind": "BrokerTopic", "metadata": meta("orders"),
+            "spec": {
+                "broker": "nats", "connection": {"secretRef": {"name": "nats"}}, "provision": true,
+                "nats": {"stream": "ORDERS", "subjects": ["orders.>"], "subject": "orders.{aggregateType}.{eventType}",
+                         "storage": "file", "duplicateWindow": "2m"},
+            },
+        }),
+        json!({
+            "apiVersion": "ferry.dev/v1alpha1", "kind": "RetryPolicy", "metadata": meta("publish"),
+            "spec": {"maxAttempts": 1000, "initialBackoff": "50ms", "multiplier": 2, "maxBackoff": "1s", "jitter": "Full"},
+        }),
+        json!({
+            "apiVersion": "ferry.dev/v1alpha1", "kind": "RetryPolicy", "metadata": meta("deliver"),
+            "spec": {"maxAttempts": 30, "initialBackoff": "20ms", "multiplier": 2, "maxBackoff": "500ms",
+                     "jitter": "Full", "attemptTimeout": "5s"},
+        }),
+        json!({
+            "apiVersion": "ferry.dev/v1alpha1", "kind": "DeadLetterQueue", "metadata": meta("dead-letters"),
+            "spec": {"store": {"database": db(DEAD_LETTERS)}},
+        }),
+        json!({
+            "apiVersion": "ferry.dev/v1alpha1", "kind": "OutboxSource", "metadata": meta("orders"),
+            "spec": {
+                "database": db(OUTBOX),
+                "capture": {"pollInterval": "200ms", "batchSize": 100, "notify": true},
+                "ordering": "PerKey",
+                "cleanup": {"mode": "Delete"},
+                "routes": [{"name": "orders", "match": {"aggregateType": "Order"}, "topicRef": {"name": "orders"}}],
+                "retryPolicyRef": {"name": "publish"},
+                "deadLetterQueueRef": {"name": "dead-letters"},
+            },
+        }),
+        json!({
+            "apiVersion": "ferry.dev/v1alpha1", "kind": "Consumer", "metadata": meta("service"),
+            "spec": {
+                "topicRef": {"name": "orders"},
+                "sink": {"url": sink_url, "timeout": "5s"},
+                "concurrency": 8,
+                "ordering": if shape.ordered { "PerKey" } else { "None" },
+                "idempotency": {"database": db("ferry_processed"), "window": "24h"},
+                "retryPolicyRef": {"name": "deliver"},
+                "deadLetterQueueRef": {"name": "dead-letters"},
+            },
+        }),
+    ]
+}
+
+/// `ferry relay` or `ferry consumer` as a child process.
+pub struct Workload {
+    role: &'static str,
+    config: PathBuf,
+    address: SocketAddr,
+    child: Child,
+    pub kills: u32,
+}
+
+impl Workload {
+    async fn start(
+        role: &'static str,
+        yaml: &str,
+        address: SocketAddr,
+        dir: &std::path::Path,
+    ) -> Self {
+        let config = dir.join(format!("{role}.yaml"));
+        std::fs::write(&config, yaml).expect("write the config");
+        let child = spawn(role, &config);
+        let workload = Self {
+            role,
+            config,
+            address,
+            child,
+            kills: 0,
+        };
+        workload.wait_until_serving().await;
+        workload
+    }
+
+    async fn wait_until_serving(&self) {
+        for _ in 0..200 {
+            if tokio::net::TcpStream::connect(self.address).await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("{} did not serve {} within 10 s", self.role, self.address);
+    }
+
+    /// SIGKILL, then a new process with the same config.
+    pub async fn kill_and_restart(&mut self) {
+        self.child.start_kill().expect("SIGKILL");
+        self.child.wait().await.expect("reap the killed process");
+        self.kills += 1;
+        self.child = spawn(self.role, &self.config);
+        self.wait_until_serving().await;
+    }
+
+    /// SIGTERM, and the exit status once it has finished its in-flight work.
+    pub async fn stop(mut self) -> std::process::ExitStatus {
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
+        }
+        tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("{} did not stop within 30 s of SIGTERM", self.role))
+            .expect("wait for the process")
+    }
+}
+
+fn spawn(role: &str, config: &std::path::Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .arg(role)
+        .arg("--config")
+        .arg(config)
+        .env("RUST_LOG", "ferry=warn")
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|error| panic!("spawn ferry {role}: {error}"))
+}
+
+/// The orders service: commits orders over `keys` keys, each with its outbox event in one
+/// transaction, one every `interval`; every `poison_every`-th is one the service will refuse.
+pub struct Load {
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<u64>,
+}
+
+impl Load {
+    pub fn start(pool: PgPool, keys: usize, interval: Duration, poison_every: u64) -> Self {
+        let stop = CancellationToken::new();
+        let stopped = stop.clone();
+        let task = tokio::spawn(async move {
+            let mut next = vec![0_i32; keys];
+            let mut committed = 0_u64;
+            let mut ticker = tokio::time::interval(interval);
+            while !stopped.is_cancelled() {
+                tokio::select! {
+                    _ = ticker.tick() => {}
+                    _ = stopped.cancelled() => break,
+                }
+                let index = (committed as usize) % keys;
+                let key = format!("key-{index}");
+                let n = next[index];
+                let poison = poison_every > 0 && committed % poison_every == poison_every - 1;
+                if commit(&pool, &key, n, poison).await.is_ok() {
+                    next[index] += 1;
+                    committed += 1;
+                }
+            }
+            committed
+        });
+        Self { stop, task }
+    }
+
+    /// Stops the load; how many orders committed.
+    pub async fn stop(self) -> u64 {
+        self.stop.cancel();
+        self.task.await.expect("the load task")
+    }
+}
+
+async fn commit(pool: &PgPool, key: &str, n: i32, poison: bool) -> Result<(), sqlx::Error> {
+    let event = NewEvent::json(
+        "Order",
+        key,
+        "order.created",
+        &json!({"key": key, "n": n, "poison": poison}),
+    )
+    .map_err(|error| sqlx::Error::Encode(Box::new(error)))?;
+    let mut tx = pool.begin().await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO {ORDERS} (key, n, event_id, poison) VALUES ($1, $2, $3, $4)"
+    )))
+    .bind(key)
+    .bind(n)
+    .bind(event.id.to_string())
+    .bind(poison)
+    .execute(&mut *tx)
+    .await?;
+    enqueue(&mut *tx, OUTBOX, &event).await?;
+    tx.commit().await
+}
