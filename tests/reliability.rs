@@ -21,7 +21,7 @@ use tokio::time::Instant;
 
 use checker::Counts;
 use service::Service;
-use world::{Load, OUTBOX, Shape, Workload, World};
+use world::{Broker, Load, OUTBOX, Shape, Workload, World};
 
 /// Orders over this many keys, one every `LOAD_INTERVAL`, every `POISON_EVERY`-th refused.
 const KEYS: usize = 20;
@@ -106,7 +106,11 @@ fn pause() -> Duration {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_sigkilled_repeatedly_under_load() {
-    let mut scenario = Scenario::start(Shape { ordered: true }).await;
+    let mut scenario = Scenario::start(Shape {
+        broker: Broker::Nats,
+        ordered: true,
+    })
+    .await;
     for _ in 0..5 {
         tokio::time::sleep(pause()).await;
         scenario.relay.kill_and_restart().await;
@@ -120,7 +124,11 @@ async fn relay_sigkilled_repeatedly_under_load() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consumer_sigkilled_repeatedly_under_load() {
-    let mut scenario = Scenario::start(Shape { ordered: true }).await;
+    let mut scenario = Scenario::start(Shape {
+        broker: Broker::Nats,
+        ordered: true,
+    })
+    .await;
     for _ in 0..5 {
         tokio::time::sleep(pause()).await;
         scenario.consumer.kill_and_restart().await;
@@ -134,7 +142,11 @@ async fn consumer_sigkilled_repeatedly_under_load() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_and_consumer_sigkilled_at_once_under_load() {
-    let mut scenario = Scenario::start(Shape { ordered: true }).await;
+    let mut scenario = Scenario::start(Shape {
+        broker: Broker::Nats,
+        ordered: true,
+    })
+    .await;
     for _ in 0..4 {
         tokio::time::sleep(pause()).await;
         let (relay, consumer) = (&mut scenario.relay, &mut scenario.consumer);
@@ -149,7 +161,11 @@ async fn relay_and_consumer_sigkilled_at_once_under_load() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sink_failing_a_fifth_of_requests_at_random_with_ordering_off() {
-    let scenario = Scenario::start(Shape { ordered: false }).await;
+    let scenario = Scenario::start(Shape {
+        broker: Broker::Nats,
+        ordered: false,
+    })
+    .await;
     scenario.service.fail_randomly(0.2);
     tokio::time::sleep(Duration::from_secs(3)).await;
     scenario
@@ -157,5 +173,95 @@ async fn sink_failing_a_fifth_of_requests_at_random_with_ordering_off() {
             "sink 500 at random",
             "20% of requests answered 500, ordering off",
         )
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumer_sigkilled_repeatedly_under_load_on_redis() {
+    let mut scenario = Scenario::start(Shape {
+        broker: Broker::Redis,
+        ordered: true,
+    })
+    .await;
+    for _ in 0..5 {
+        tokio::time::sleep(pause()).await;
+        scenario.consumer.kill_and_restart().await;
+    }
+    tokio::time::sleep(pause()).await;
+    let kills = scenario.consumer.kills;
+    scenario
+        .finish(
+            "consumer SIGKILLed, Redis",
+            &format!("{kills} consumer kills"),
+        )
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_restarted_under_load() {
+    for broker in [Broker::Nats, Broker::Redis] {
+        let mut scenario = Scenario::start(Shape {
+            broker,
+            ordered: true,
+        })
+        .await;
+        tokio::time::sleep(pause()).await;
+        scenario.world.broker.stop().await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        scenario.world.broker.start().await;
+        tokio::time::sleep(pause()).await;
+        scenario
+            .finish(
+                &format!("{broker:?} restarted"),
+                "broker down 2 s under load",
+            )
+            .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_restarted_under_load() {
+    let mut scenario = Scenario::start(Shape {
+        broker: Broker::Nats,
+        ordered: true,
+    })
+    .await;
+    tokio::time::sleep(pause()).await;
+    scenario
+        .world
+        .postgres
+        .stop()
+        .await
+        .expect("stop PostgreSQL");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    scenario
+        .world
+        .postgres
+        .start()
+        .await
+        .expect("start PostgreSQL");
+    tokio::time::sleep(pause()).await;
+    scenario
+        .finish(
+            "PostgreSQL restarted",
+            "outbox, idempotency, dead-letter and service database down 2 s under load",
+        )
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sink_down_for_a_stretch_then_back() {
+    let scenario = Scenario::start(Shape {
+        broker: Broker::Nats,
+        ordered: true,
+    })
+    .await;
+    tokio::time::sleep(pause()).await;
+    scenario.service.set_down(true);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    scenario.service.set_down(false);
+    tokio::time::sleep(pause()).await;
+    scenario
+        .finish("sink down", "every request answered 503 for 3 s")
         .await;
 }

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::support::{
     free_port,
-    servers::{PrivateNats, postgres::PrivatePostgres},
+    servers::{PrivateNats, PrivateRedis, postgres::PrivatePostgres},
 };
 
 pub const ORDERS: &str = "orders";
@@ -28,16 +28,66 @@ pub const DEAD_LETTERS: &str = "ferry_dead_letters";
 pub const INBOX: &str = "service_inbox";
 pub const LEDGER: &str = "service_ledger";
 
+/// The broker of a scenario, a private server of its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Broker {
+    Nats,
+    Redis,
+}
+
 /// What a scenario varies.
 #[derive(Clone, Copy, Debug)]
 pub struct Shape {
+    pub broker: Broker,
     /// The Consumer's `ordering`: per key, or none.
     pub ordered: bool,
 }
 
+/// The scenario's broker server.
+pub enum BrokerServer {
+    Nats(PrivateNats),
+    Redis(PrivateRedis),
+}
+
+impl BrokerServer {
+    async fn launch(broker: Broker) -> Self {
+        match broker {
+            Broker::Nats => Self::Nats(PrivateNats::launch().await.expect("a private nats-server")),
+            Broker::Redis => Self::Redis(
+                PrivateRedis::launch()
+                    .await
+                    .expect("a private redis-server"),
+            ),
+        }
+    }
+
+    fn url(&self) -> String {
+        match self {
+            Self::Nats(server) => server.url(),
+            Self::Redis(server) => server.url(),
+        }
+    }
+
+    pub async fn stop(&mut self) {
+        match self {
+            Self::Nats(server) => server.stop().await,
+            Self::Redis(server) => server.stop().await,
+        }
+        .expect("stop the broker");
+    }
+
+    pub async fn start(&mut self) {
+        match self {
+            Self::Nats(server) => server.start().await,
+            Self::Redis(server) => server.start().await,
+        }
+        .expect("start the broker again");
+    }
+}
+
 pub struct World {
     pub postgres: PrivatePostgres,
-    pub nats: PrivateNats,
+    pub broker: BrokerServer,
     pub pool: PgPool,
     pub relay: RelayConfig,
     pub consumer: ConsumerConfig,
@@ -49,7 +99,7 @@ impl World {
         let postgres = PrivatePostgres::launch()
             .await
             .expect("a private PostgreSQL");
-        let nats = PrivateNats::launch().await.expect("a private nats-server");
+        let broker = BrokerServer::launch(shape.broker).await;
         let pool = PgPoolOptions::new()
             .max_connections(4)
             .connect(&postgres.url())
@@ -83,7 +133,7 @@ impl World {
         .await
         .expect("migrate the outbox");
 
-        let documents: Vec<Document> = manifests(&postgres.url(), &nats.url(), sink_url, shape)
+        let documents: Vec<Document> = manifests(&postgres.url(), &broker.url(), sink_url, shape)
             .into_iter()
             .enumerate()
             .map(|(index, value)| Document {
@@ -109,7 +159,7 @@ impl World {
         consumer.http.listen = loopback_port();
         Self {
             postgres,
-            nats,
+            broker,
             pool,
             relay,
             consumer,
@@ -143,18 +193,25 @@ fn loopback_port() -> SocketAddr {
 }
 
 /// The pipeline as a user writes it, in the namespace `reliability`.
-fn manifests(database: &str, nats: &str, sink_url: &str, shape: Shape) -> Vec<Value> {
+fn manifests(database: &str, broker: &str, sink_url: &str, shape: Shape) -> Vec<Value> {
     let meta = |name: &str| json!({"name": name});
     let db = |table: &str| json!({"engine": "postgres", "connection": {"secretRef": {"name": "db"}}, "table": table});
     vec![
         json!({"apiVersion": "v1", "kind": "Secret", "metadata": meta("db"), "stringData": {"url": database}}),
-        json!({"apiVersion": "v1", "kind": "Secret", "metadata": meta("nats"), "stringData": {"url": nats}}),
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": meta("broker"), "stringData": {"url": broker}}),
         json!({
             "apiVersion": "ferry.dev/v1alpha1", "kind": "BrokerTopic", "metadata": meta("orders"),
-            "spec": {
-                "broker": "nats", "connection": {"secretRef": {"name": "nats"}}, "provision": true,
-                "nats": {"stream": "ORDERS", "subjects": ["orders.>"], "subject": "orders.{aggregateType}.{eventType}",
-                         "storage": "file", "duplicateWindow": "2m"},
+            "spec": match shape.broker {
+                Broker::Nats => json!({
+                    "broker": "nats", "connection": {"secretRef": {"name": "broker"}}, "provision": true,
+                    "nats": {"stream": "ORDERS", "subjects": ["orders.>"],
+                             "subject": "orders.{aggregateType}.{eventType}",
+                             "storage": "file", "duplicateWindow": "2m"},
+                }),
+                Broker::Redis => json!({
+                    "broker": "redis", "connection": {"secretRef": {"name": "broker"}}, "provision": true,
+                    "redis": {"stream": "orders"},
+                }),
             },
         }),
         json!({

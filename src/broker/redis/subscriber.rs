@@ -101,6 +101,11 @@ struct Scan {
     /// `XAUTOCLAIM` cursor: `0-0` starts a new pass.
     cursor: String,
     next_at: Instant,
+    /// The first pass of an ordered group takes every pending entry, however briefly idle: a
+    /// session starts with nothing in flight, so they were left by a stopped member, and they
+    /// must come before the newer entries of their keys (which `XREADGROUP` would hand out at
+    /// once, while the left entries waited out `ack_timeout`).
+    everything: bool,
 }
 
 impl RedisSubscriber {
@@ -144,6 +149,7 @@ impl RedisSubscriber {
             scan: Mutex::new(Scan {
                 cursor: "0-0".into(),
                 next_at: Instant::now(),
+                everything: subscription.single_active,
             }),
             connected: AtomicBool::new(true),
             closed: AtomicBool::new(false),
@@ -192,14 +198,22 @@ impl RedisSubscriber {
     /// Takes over entries idle for longer than `ack_timeout`, continuing the scan where the last
     /// one stopped; a finished pass waits for the scan interval before the next begins.
     async fn take_over(&self, count: usize) -> Result<Vec<Entry>, BrokerError> {
-        let cursor = self.lock_scan().cursor.clone();
+        let (cursor, everything) = {
+            let scan = self.lock_scan();
+            (scan.cursor.clone(), scan.everything)
+        };
+        let min_idle = if everything {
+            Duration::ZERO
+        } else {
+            self.ack_timeout
+        };
         let reply: RedisResult<Value> = TAKE_OVER
             .key(&self.stream)
             .key(&self.retry_key)
             .key(&self.attempts_key)
             .arg(&self.group)
             .arg(&self.member)
-            .arg(millis(self.ack_timeout))
+            .arg(millis(min_idle))
             .arg(&cursor)
             .arg(count)
             .invoke_async(&mut self.commands.clone())
@@ -220,6 +234,9 @@ impl RedisSubscriber {
             .unwrap_or_default();
         {
             let mut scan = self.lock_scan();
+            if next_cursor == "0-0" {
+                scan.everything = false;
+            }
             scan.next_at = if next_cursor == "0-0" {
                 Instant::now() + (self.ack_timeout / 4).clamp(MIN_SCAN_INTERVAL, MAX_SCAN_INTERVAL)
             } else {
