@@ -28,6 +28,9 @@ use super::world::{INBOX, LEDGER};
 #[derive(Default)]
 pub struct Tally {
     pub requests: AtomicU64,
+    /// Requests being answered now, and the most at once.
+    in_flight: AtomicU64,
+    pub most_in_flight: AtomicU64,
     /// Deliveries of an id whose effect was already applied: closed by the inbox.
     pub repeats: AtomicU64,
     pub failed_on_purpose: AtomicU64,
@@ -39,6 +42,8 @@ struct State_ {
     pool: OnceCell<PgPool>,
     /// Per mille of requests answered 500.
     failure_per_mille: AtomicU32,
+    /// How long each request takes, in milliseconds.
+    delay_ms: AtomicU64,
     down: AtomicBool,
     tally: Arc<Tally>,
 }
@@ -56,6 +61,7 @@ impl Service {
         let state = Arc::new(State_ {
             pool: OnceCell::new(),
             failure_per_mille: AtomicU32::new(0),
+            delay_ms: AtomicU64::new(0),
             down: AtomicBool::new(false),
             tally: tally.clone(),
         });
@@ -92,6 +98,13 @@ impl Service {
             .store((share * 1000.0) as u32, Ordering::Relaxed);
     }
 
+    /// Makes every request take `delay` before it is answered.
+    pub fn set_delay(&self, delay: std::time::Duration) {
+        self.state
+            .delay_ms
+            .store(delay.as_millis() as u64, Ordering::Relaxed);
+    }
+
     pub fn set_down(&self, down: bool) {
         self.state.down.store(down, Ordering::Relaxed);
     }
@@ -108,7 +121,20 @@ async fn receive(
     headers: HeaderMap,
     body: Bytes,
 ) -> (StatusCode, String) {
-    state.tally.requests.fetch_add(1, Ordering::Relaxed);
+    let tally = &state.tally;
+    tally.requests.fetch_add(1, Ordering::Relaxed);
+    let now = tally.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+    tally.most_in_flight.fetch_max(now, Ordering::Relaxed);
+    let delay = state.delay_ms.load(Ordering::Relaxed);
+    if delay > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+    }
+    let answer = answer(&state, &headers, &body).await;
+    tally.in_flight.fetch_sub(1, Ordering::Relaxed);
+    answer
+}
+
+async fn answer(state: &State_, headers: &HeaderMap, body: &Bytes) -> (StatusCode, String) {
     if state.down.load(Ordering::Relaxed) {
         return (StatusCode::SERVICE_UNAVAILABLE, "down".into());
     }
@@ -129,7 +155,7 @@ async fn receive(
     else {
         return (StatusCode::BAD_REQUEST, "no Idempotency-Key".into());
     };
-    let Ok(event) = serde_json::from_slice::<serde_json::Value>(&body) else {
+    let Ok(event) = serde_json::from_slice::<serde_json::Value>(body) else {
         return (StatusCode::BAD_REQUEST, "not JSON".into());
     };
     if event["poison"].as_bool() == Some(true) {

@@ -27,6 +27,8 @@ pub const OUTBOX: &str = "ferry_outbox";
 pub const DEAD_LETTERS: &str = "ferry_dead_letters";
 pub const INBOX: &str = "service_inbox";
 pub const LEDGER: &str = "service_ledger";
+/// The OutboxSource's `capture.maxMessageBytes`: an oversized row is dead-lettered.
+const MAX_MESSAGE_BYTES: usize = 16 * 1024;
 
 /// The broker of a scenario, a private server of its own.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -231,7 +233,8 @@ fn manifests(database: &str, broker: &str, sink_url: &str, shape: Shape) -> Vec<
             "apiVersion": "ferry.dev/v1alpha1", "kind": "OutboxSource", "metadata": meta("orders"),
             "spec": {
                 "database": db(OUTBOX),
-                "capture": {"pollInterval": "200ms", "batchSize": 100, "notify": true},
+                "capture": {"pollInterval": "200ms", "batchSize": 100, "notify": true,
+                            "maxMessageBytes": MAX_MESSAGE_BYTES},
                 "ordering": "PerKey",
                 "cleanup": {"mode": "Delete"},
                 "routes": [{"name": "orders", "match": {"aggregateType": "Order"}, "topicRef": {"name": "orders"}}],
@@ -303,6 +306,27 @@ impl Workload {
         self.wait_until_serving().await;
     }
 
+    /// The process's peak resident memory so far (`VmHWM`), in MiB.
+    pub fn peak_rss_mib(&self) -> f64 {
+        let status = self
+            .child
+            .id()
+            .and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/status")).ok())
+            .unwrap_or_default();
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmHWM:"))
+            .and_then(|value| {
+                value
+                    .trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse::<f64>()
+                    .ok()
+            })
+            .map_or(0.0, |kib| kib / 1024.0)
+    }
+
     /// SIGTERM, and the exit status once it has finished its in-flight work.
     pub async fn stop(mut self) -> std::process::ExitStatus {
         if let Some(pid) = self.child.id() {
@@ -328,8 +352,34 @@ fn spawn(role: &str, config: &std::path::Path) -> Child {
         .unwrap_or_else(|error| panic!("spawn ferry {role}: {error}"))
 }
 
+/// What a committed row is made to be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Row {
+    Good,
+    /// The service refuses it (422).
+    Poison,
+    /// No route matches its aggregate type: the relay dead-letters it.
+    Unroutable,
+    /// Larger than `maxMessageBytes`: the relay dead-letters it.
+    Oversized,
+}
+
+impl Row {
+    /// Every `poison_every`-th row is poison, and two rows in each 250 are malformed.
+    fn of(number: u64, poison_every: u64) -> Self {
+        match number % 250 {
+            124 => Self::Unroutable,
+            249 => Self::Oversized,
+            _ if poison_every > 0 && number % poison_every == poison_every - 1 => Self::Poison,
+            _ => Self::Good,
+        }
+    }
+}
+
 /// The orders service: commits orders over `keys` keys, each with its outbox event in one
-/// transaction, one every `interval`; every `poison_every`-th is one the service will refuse.
+/// transaction, one every `interval`; every `poison_every`-th is one the service will refuse,
+/// and a few are rows the relay cannot publish (no route, too large). All but the good ones are
+/// marked `poison`: they must end in the dead-letter table, and nothing else may.
 pub struct Load {
     stop: CancellationToken,
     task: tokio::task::JoinHandle<u64>,
@@ -351,8 +401,8 @@ impl Load {
                 let index = (committed as usize) % keys;
                 let key = format!("key-{index}");
                 let n = next[index];
-                let poison = poison_every > 0 && committed % poison_every == poison_every - 1;
-                if commit(&pool, &key, n, poison).await.is_ok() {
+                let row = Row::of(committed, poison_every);
+                if commit(&pool, &key, n, row).await.is_ok() {
                     next[index] += 1;
                     committed += 1;
                 }
@@ -369,14 +419,21 @@ impl Load {
     }
 }
 
-async fn commit(pool: &PgPool, key: &str, n: i32, poison: bool) -> Result<(), sqlx::Error> {
-    let event = NewEvent::json(
-        "Order",
-        key,
-        "order.created",
-        &json!({"key": key, "n": n, "poison": poison}),
-    )
-    .map_err(|error| sqlx::Error::Encode(Box::new(error)))?;
+async fn commit(pool: &PgPool, key: &str, n: i32, row: Row) -> Result<(), sqlx::Error> {
+    let poison = row != Row::Good;
+    let aggregate = if row == Row::Unroutable {
+        "Unknown"
+    } else {
+        "Order"
+    };
+    let padding = if row == Row::Oversized {
+        "x".repeat(MAX_MESSAGE_BYTES * 2)
+    } else {
+        String::new()
+    };
+    let payload = json!({"key": key, "n": n, "poison": row == Row::Poison, "padding": padding});
+    let event = NewEvent::json(aggregate, key, "order.created", &payload)
+        .map_err(|error| sqlx::Error::Encode(Box::new(error)))?;
     let mut tx = pool.begin().await?;
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "INSERT INTO {ORDERS} (key, n, event_id, poison) VALUES ($1, $2, $3, $4)"
