@@ -75,6 +75,7 @@ impl Scenario {
     /// (each must exit 0), and checks the promise. Prints the counts either way.
     async fn finish(self, name: &str, faults: &str) -> Counts {
         let committed = self.load.stop().await;
+        let statuses = [self.relay.status().await, self.consumer.status().await];
         let deadline = Instant::now() + SETTLE;
         let counts = loop {
             let counts = Counts::read(&self.world.pool, OUTBOX)
@@ -85,8 +86,23 @@ impl Scenario {
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         };
+        let logs = [self.relay.log(), self.consumer.log()];
         let relay_exit = self.relay.stop().await;
         let consumer_exit = self.consumer.stop().await;
+        assert!(
+            logs[0].contains("relay endpoints listening") && statuses[1].contains("deliveredTotal"),
+            "{name}: the workloads' logs and /status were not captured"
+        );
+        for text in logs.iter().chain(&statuses) {
+            assert!(
+                !text.contains(world::SECRET),
+                "{name}: the database password leaked:\n{text}"
+            );
+        }
+        let last_lines = |log: &str| {
+            let lines: Vec<&str> = log.lines().collect();
+            lines[lines.len().saturating_sub(15)..].join("\n")
+        };
         let tally = &self.service.tally;
         println!(
             "{name} [{faults}]: {counts}; service requests {}, repeats closed by its inbox {}, failed on purpose {}",
@@ -102,7 +118,12 @@ impl Scenario {
             "{counts}"
         );
         let broken = counts.broken(self.shape.ordered);
-        assert!(broken.is_empty(), "{name}: {broken:?}\n{counts}");
+        assert!(
+            broken.is_empty(),
+            "{name}: {broken:?}\n{counts}\nrelay log:\n{}\nconsumer log:\n{}",
+            last_lines(&logs[0]),
+            last_lines(&logs[1])
+        );
         assert!(
             relay_exit.success(),
             "the relay's exit after SIGTERM: {relay_exit}"

@@ -22,6 +22,10 @@ use crate::support::{
     servers::{PrivateNats, PrivateRedis, postgres::PrivatePostgres},
 };
 
+/// The password in the database URL the workloads are given (the private cluster trusts every
+/// local connection, so any password works): it must never appear in a log line or `/status`.
+pub const SECRET: &str = "Sekr1t-pw-4c1d";
+
 pub const ORDERS: &str = "orders";
 pub const OUTBOX: &str = "ferry_outbox";
 pub const DEAD_LETTERS: &str = "ferry_dead_letters";
@@ -135,7 +139,10 @@ impl World {
         .await
         .expect("migrate the outbox");
 
-        let documents: Vec<Document> = manifests(&postgres.url(), &broker.url(), sink_url, shape)
+        let secret_url = postgres
+            .url()
+            .replace("postgres@", &format!("postgres:{SECRET}@"));
+        let documents: Vec<Document> = manifests(&secret_url, &broker.url(), sink_url, shape)
             .into_iter()
             .enumerate()
             .map(|(index, value)| Document {
@@ -261,6 +268,8 @@ fn manifests(database: &str, broker: &str, sink_url: &str, shape: Shape) -> Vec<
 pub struct Workload {
     role: &'static str,
     config: PathBuf,
+    /// Standard output and error of every process of this workload, appended.
+    log: PathBuf,
     address: SocketAddr,
     child: Child,
     pub kills: u32,
@@ -275,10 +284,12 @@ impl Workload {
     ) -> Self {
         let config = dir.join(format!("{role}.yaml"));
         std::fs::write(&config, yaml).expect("write the config");
-        let child = spawn(role, &config);
+        let log = dir.join(format!("{role}.log"));
+        let child = spawn(role, &config, &log);
         let workload = Self {
             role,
             config,
+            log,
             address,
             child,
             kills: 0,
@@ -302,8 +313,30 @@ impl Workload {
         self.child.start_kill().expect("SIGKILL");
         self.child.wait().await.expect("reap the killed process");
         self.kills += 1;
-        self.child = spawn(self.role, &self.config);
+        self.child = spawn(self.role, &self.config, &self.log);
         self.wait_until_serving().await;
+    }
+
+    /// Everything its processes wrote.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Its `/status` document, as text.
+    pub async fn status(&self) -> String {
+        let Ok(mut stream) = tokio::net::TcpStream::connect(self.address).await else {
+            return String::new();
+        };
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let request = format!(
+            "GET /status HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            self.address
+        );
+        let mut response = String::new();
+        if stream.write_all(request.as_bytes()).await.is_ok() {
+            let _ = stream.read_to_string(&mut response).await;
+        }
+        response
     }
 
     /// The process's peak resident memory so far (`VmHWM`), in MiB.
@@ -341,12 +374,21 @@ impl Workload {
     }
 }
 
-fn spawn(role: &str, config: &std::path::Path) -> Child {
+fn spawn(role: &str, config: &std::path::Path, log: &std::path::Path) -> Child {
+    let append = || {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("open the workload's log")
+    };
     Command::new(env!("CARGO_BIN_EXE_ferry"))
         .arg(role)
         .arg("--config")
         .arg(config)
-        .env("RUST_LOG", "ferry=warn")
+        .env("RUST_LOG", "ferry=info")
+        .stdout(append())
+        .stderr(append())
         .kill_on_drop(true)
         .spawn()
         .unwrap_or_else(|error| panic!("spawn ferry {role}: {error}"))
