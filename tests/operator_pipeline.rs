@@ -294,6 +294,13 @@ async fn statuses_follow_real_workloads_through_lag_an_outage_and_a_poison_messa
         "the poison message was never accepted"
     );
 
+    // Nothing the operator wrote (children, statuses, events) shows the Secret's value.
+    let written = format!("{:?}", api.calls());
+    assert!(
+        written.contains("ApplyStatus") && !written.contains(pipeline::SECRET_PASSWORD),
+        "the database password leaked into what the operator wrote"
+    );
+
     // The processes stop before their tables and exchange go (when `pipeline` is dropped).
     kubelet.stop().await;
 }
