@@ -446,6 +446,13 @@ async fn run_standalone(args: RunArgs) -> anyhow::Result<ExitCode> {
     for line in display::final_lines(&finals) {
         println!("{line}");
     }
+    let failed: Vec<&str> = finals
+        .iter()
+        .filter_map(|(_, _, outcome)| outcome.as_ref().err().map(String::as_str))
+        .collect();
+    if !failed.is_empty() {
+        anyhow::bail!("{}", failed.join("; "));
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -454,7 +461,7 @@ async fn run_consumer(path: &std::path::Path) -> anyhow::Result<ExitCode> {
     let shutdown = CancellationToken::new();
     let consumer = crate::consumer::start(config, shutdown.clone()).await?;
     tokio::spawn(stop_on_signal(shutdown));
-    consumer.wait().await;
+    consumer.wait().await.map_err(anyhow::Error::msg)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -463,7 +470,7 @@ async fn run_relay(path: &std::path::Path) -> anyhow::Result<ExitCode> {
     let shutdown = CancellationToken::new();
     let relay = relay::start(config, shutdown.clone()).await?;
     tokio::spawn(stop_on_signal(shutdown));
-    relay.wait().await;
+    relay.wait().await.map_err(anyhow::Error::msg)?;
     Ok(ExitCode::SUCCESS)
 }
 

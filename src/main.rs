@@ -6,6 +6,7 @@ use ferry::cli::{self, Cli};
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    ferry::telemetry::choose_tls_crypto();
     if let Err(error) = ferry::telemetry::init(cli.log_format, cli.log_level()) {
         eprintln!("ferry: cannot set up logging: {error:#}");
         return ExitCode::FAILURE;

@@ -1,4 +1,5 @@
-//! Logging setup: structured `tracing` events, as JSON lines (in a cluster) or text (a terminal).
+//! Process setup: structured `tracing` events, as JSON lines (in a cluster) or text (a
+//! terminal), and the TLS crypto provider.
 //! While progress bars are on screen (`ferry run`, `ferry demo`), log lines are printed above
 //! them instead of through them.
 
@@ -43,6 +44,15 @@ pub fn init(format: LogFormat, level: &str) -> anyhow::Result<()> {
             .try_init()?,
     }
     Ok(())
+}
+
+/// Picks rustls's crypto provider for the process. The clients bring two (lapin `aws-lc-rs`,
+/// sqlx and async-nats `ring`), and a client that takes the process default (redis for
+/// `rediss://`) cannot choose between them: it would panic on its first TLS connection.
+/// Called once at start, before any connection.
+pub fn choose_tls_crypto() {
+    // An error only means a provider is already installed, which serves as well.
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 static BARS: RwLock<Option<MultiProgress>> = RwLock::new(None);

@@ -64,11 +64,14 @@ impl RunningConsumer {
         self.report.clone()
     }
 
-    /// Waits until the consumer has stopped (after `shutdown` is cancelled).
-    pub async fn wait(self) {
-        if let Err(error) = self.task.await {
+    /// Waits until the consumer has stopped (after `shutdown` is cancelled). An error means it
+    /// did not stop cleanly (its task panicked): the process should exit with a failure, so
+    /// that whatever runs it restarts it and the failure shows.
+    pub async fn wait(self) -> Result<(), String> {
+        self.task.await.map_err(|error| {
             tracing::error!(%error, "consumer task failed");
-        }
+            format!("the consumer failed: {error}")
+        })
     }
 }
 

@@ -351,7 +351,10 @@ pub async fn run_demo(args: &DemoArgs, interrupted: &CancellationToken) -> anyho
         requests_at_service: tally.requests.load(Ordering::Relaxed),
         ..Reported::default()
     };
-    for (_, reading) in &finals {
+    for (workload, reading, outcome) in &finals {
+        if let Err(error) = outcome {
+            anyhow::bail!("{} {}: {error}", workload.role(), workload.name());
+        }
         match reading {
             Reading::Relay(relay) => reported.published += relay.published_total.unwrap_or(0),
             Reading::Consumer(consumer) => {

@@ -53,11 +53,14 @@ impl RunningRelay {
         self.report.clone()
     }
 
-    /// Waits until the relay has stopped (after `shutdown` is cancelled).
-    pub async fn wait(self) {
-        if let Err(error) = self.task.await {
+    /// Waits until the relay has stopped (after `shutdown` is cancelled). An error means it
+    /// did not stop cleanly (its task panicked): the process should exit with a failure, so
+    /// that whatever runs it restarts it and the failure shows.
+    pub async fn wait(self) -> Result<(), String> {
+        self.task.await.map_err(|error| {
             tracing::error!(%error, "relay task failed");
-        }
+            format!("the relay failed: {error}")
+        })
     }
 }
 

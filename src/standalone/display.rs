@@ -164,14 +164,14 @@ pub async fn follow(pipelines: &Pipelines, every: Duration, stop: &CancellationT
 }
 
 /// The final status lines, after every workload has stopped.
-pub fn final_lines(finals: &[(Workload, Reading)]) -> Vec<String> {
+pub fn final_lines(finals: &[(Workload, Reading, Result<(), String>)]) -> Vec<String> {
     let width = finals
         .iter()
-        .map(|(workload, _)| workload.name().chars().count())
+        .map(|(workload, _, _)| workload.name().chars().count())
         .max()
         .unwrap_or(0);
     finals
         .iter()
-        .map(|(workload, reading)| status_line(workload, reading, width))
+        .map(|(workload, reading, _)| status_line(workload, reading, width))
         .collect()
 }

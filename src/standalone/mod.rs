@@ -145,14 +145,14 @@ impl Running {
         read(&self.workload, self.report.as_ref())
     }
 
-    /// Waits for the stop, then reads the final figures.
-    async fn wait(self) -> (Workload, Reading) {
-        match self.handle {
+    /// Waits for the stop, then reads the final figures; an error when it did not stop cleanly.
+    async fn wait(self) -> (Workload, Reading, Result<(), String>) {
+        let outcome = match self.handle {
             Handle::Relay(relay) => relay.wait().await,
             Handle::Consumer(consumer) => consumer.wait().await,
-        }
+        };
         let reading = read(&self.workload, self.report.as_ref());
-        (self.workload, reading)
+        (self.workload, reading, outcome)
     }
 }
 
@@ -272,8 +272,8 @@ impl Pipelines {
     }
 
     /// Waits until every workload has stopped (after `shutdown` is cancelled); their final
-    /// figures.
-    pub async fn wait(self) -> Vec<(Workload, Reading)> {
+    /// figures, and whether each stopped cleanly.
+    pub async fn wait(self) -> Vec<(Workload, Reading, Result<(), String>)> {
         futures::future::join_all(self.running.into_iter().map(Running::wait)).await
     }
 }

@@ -353,7 +353,7 @@ impl Running {
     pub async fn stop(mut self) {
         self.stop.cancel();
         if let Some(consumer) = self.consumer.take() {
-            consumer.wait().await;
+            consumer.wait().await.expect("the consumer stops cleanly");
         }
     }
 }

@@ -279,7 +279,8 @@ impl InProcessRelay {
         if let Some(running) = self.running.take() {
             tokio::time::timeout(Duration::from_secs(30), running.wait())
                 .await
-                .expect("relay stops within 30s");
+                .expect("relay stops within 30s")
+                .expect("the relay stops cleanly");
         }
     }
 }
