@@ -141,59 +141,65 @@ fn pause() -> Duration {
     Duration::from_millis(rand::rng().random_range(200..700))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn relay_sigkilled_repeatedly_under_load() {
+/// Which workloads a kill scenario kills.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Victims {
+    Relay,
+    Consumer,
+    Both,
+}
+
+/// SIGKILLs and restarts `victims` `times` times under load, 200–700 ms apart (both at once
+/// for `Both`), with per-key ordering on, then checks.
+async fn kill_repeatedly(broker: Broker, victims: Victims, times: u32, name: &str) {
     let mut scenario = Scenario::start(Shape {
-        broker: Broker::Nats,
+        broker,
         ordered: true,
     })
     .await;
-    for _ in 0..5 {
+    for _ in 0..times {
         tokio::time::sleep(pause()).await;
-        scenario.relay.kill_and_restart().await;
+        let (relay, consumer) = (&mut scenario.relay, &mut scenario.consumer);
+        match victims {
+            Victims::Relay => relay.kill_and_restart().await,
+            Victims::Consumer => consumer.kill_and_restart().await,
+            Victims::Both => {
+                tokio::join!(relay.kill_and_restart(), consumer.kill_and_restart());
+            }
+        }
     }
     tokio::time::sleep(pause()).await;
-    let kills = scenario.relay.kills;
-    scenario
-        .finish("relay SIGKILLed", &format!("{kills} relay kills"))
-        .await;
+    let faults = format!(
+        "{} relay kills, {} consumer kills",
+        scenario.relay.kills, scenario.consumer.kills
+    );
+    scenario.finish(name, &faults).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_sigkilled_repeatedly_under_load() {
+    kill_repeatedly(Broker::Nats, Victims::Relay, 5, "relay SIGKILLed").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consumer_sigkilled_repeatedly_under_load() {
-    let mut scenario = Scenario::start(Shape {
-        broker: Broker::Nats,
-        ordered: true,
-    })
+    kill_repeatedly(Broker::Nats, Victims::Consumer, 5, "consumer SIGKILLed").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumer_sigkilled_repeatedly_under_load_on_redis() {
+    kill_repeatedly(
+        Broker::Redis,
+        Victims::Consumer,
+        5,
+        "consumer SIGKILLed, Redis",
+    )
     .await;
-    for _ in 0..5 {
-        tokio::time::sleep(pause()).await;
-        scenario.consumer.kill_and_restart().await;
-    }
-    tokio::time::sleep(pause()).await;
-    let kills = scenario.consumer.kills;
-    scenario
-        .finish("consumer SIGKILLed", &format!("{kills} consumer kills"))
-        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_and_consumer_sigkilled_at_once_under_load() {
-    let mut scenario = Scenario::start(Shape {
-        broker: Broker::Nats,
-        ordered: true,
-    })
-    .await;
-    for _ in 0..4 {
-        tokio::time::sleep(pause()).await;
-        let (relay, consumer) = (&mut scenario.relay, &mut scenario.consumer);
-        tokio::join!(relay.kill_and_restart(), consumer.kill_and_restart());
-    }
-    tokio::time::sleep(pause()).await;
-    let kills = scenario.relay.kills;
-    scenario
-        .finish("both SIGKILLed", &format!("{kills} kills of each"))
-        .await;
+    kill_repeatedly(Broker::Nats, Victims::Both, 4, "both SIGKILLed").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -209,27 +215,6 @@ async fn sink_failing_a_fifth_of_requests_at_random_with_ordering_off() {
         .finish(
             "sink 500 at random",
             "20% of requests answered 500, ordering off",
-        )
-        .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn consumer_sigkilled_repeatedly_under_load_on_redis() {
-    let mut scenario = Scenario::start(Shape {
-        broker: Broker::Redis,
-        ordered: true,
-    })
-    .await;
-    for _ in 0..5 {
-        tokio::time::sleep(pause()).await;
-        scenario.consumer.kill_and_restart().await;
-    }
-    tokio::time::sleep(pause()).await;
-    let kills = scenario.consumer.kills;
-    scenario
-        .finish(
-            "consumer SIGKILLed, Redis",
-            &format!("{kills} consumer kills"),
         )
         .await;
 }

@@ -81,13 +81,8 @@ pub(super) async fn ensure(
             if subscription.single_active && info.num_ack_pending > 0 {
                 rewind(topic, stream, &info, &wanted, subscription.provision).await?;
             } else if !current && subscription.provision {
-                let mut updated = info.config.clone();
-                updated.ack_wait = wanted.ack_wait;
-                updated.max_ack_pending = wanted.max_ack_pending;
-                updated.max_deliver = wanted.max_deliver;
-                updated.backoff = Vec::new();
                 stream
-                    .create_consumer(updated)
+                    .create_consumer(with_owned_settings(&info.config, &wanted))
                     .await
                     .map_err(|error| consumer_error(topic, &name, &error))?;
                 tracing::info!(
@@ -172,11 +167,7 @@ async fn rewind(
         );
         return Ok(());
     }
-    let mut rewound = info.config.clone();
-    rewound.ack_wait = wanted.ack_wait;
-    rewound.max_ack_pending = wanted.max_ack_pending;
-    rewound.max_deliver = wanted.max_deliver;
-    rewound.backoff = Vec::new();
+    let mut rewound = with_owned_settings(&info.config, wanted);
     rewound.deliver_policy = DeliverPolicy::ByStartSequence { start_sequence };
     stream
         .delete_consumer(&name)
@@ -216,6 +207,16 @@ fn wanted_config(name: &str, subscription: &SubscriptionConfig) -> consumer::Con
         replay_policy: ReplayPolicy::Instant,
         ..consumer::Config::default()
     }
+}
+
+/// `existing` with the settings Ferry owns taken from `wanted`.
+fn with_owned_settings(existing: &consumer::Config, wanted: &consumer::Config) -> consumer::Config {
+    let mut updated = existing.clone();
+    updated.ack_wait = wanted.ack_wait;
+    updated.max_ack_pending = wanted.max_ack_pending;
+    updated.max_deliver = wanted.max_deliver;
+    updated.backoff = Vec::new();
+    updated
 }
 
 fn owned_settings_match(existing: &consumer::Config, wanted: &consumer::Config) -> bool {
