@@ -48,6 +48,13 @@ impl Scenario {
         let world = World::launch(&service.url(), shape).await;
         service.use_database(world.pool.clone());
         let consumer = world.start_consumer().await;
+        // A RabbitMQ exchange drops what no queue is bound to yet: the relay starts once the
+        // consumer has subscribed.
+        let deadline = Instant::now() + SETTLE;
+        while !consumer.status().await.contains("\"ready\":true") {
+            assert!(Instant::now() < deadline, "the consumer never became ready");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         let relay = world.start_relay().await;
         let load = Load::start(world.pool.clone(), KEYS, LOAD_INTERVAL, POISON_EVERY);
         // Faults start once the pipeline carries a load: on a busy machine the first seconds
@@ -198,6 +205,17 @@ async fn consumer_sigkilled_repeatedly_under_load_on_redis() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumer_sigkilled_repeatedly_under_load_on_rabbitmq() {
+    kill_repeatedly(
+        Broker::Rabbitmq,
+        Victims::Consumer,
+        5,
+        "consumer SIGKILLed, RabbitMQ",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_and_consumer_sigkilled_at_once_under_load() {
     kill_repeatedly(Broker::Nats, Victims::Both, 4, "both SIGKILLed").await;
 }
@@ -221,7 +239,7 @@ async fn sink_failing_a_fifth_of_requests_at_random_with_ordering_off() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_restarted_under_load() {
-    for broker in [Broker::Nats, Broker::Redis] {
+    for broker in [Broker::Nats, Broker::Redis, Broker::Rabbitmq] {
         let mut scenario = Scenario::start(Shape {
             broker,
             ordered: true,

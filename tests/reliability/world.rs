@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::support::{
     free_port,
-    servers::{PrivateNats, PrivateRedis, postgres::PrivatePostgres},
+    servers::{PrivateNats, PrivateRedis, postgres::PrivatePostgres, rabbitmq::PrivateRabbitMq},
 };
 
 /// The password in the database URL the workloads are given (the private cluster trusts every
@@ -39,6 +39,7 @@ const MAX_MESSAGE_BYTES: usize = 16 * 1024;
 pub enum Broker {
     Nats,
     Redis,
+    Rabbitmq,
 }
 
 /// What a scenario varies.
@@ -53,6 +54,7 @@ pub struct Shape {
 pub enum BrokerServer {
     Nats(PrivateNats),
     Redis(PrivateRedis),
+    Rabbitmq(PrivateRabbitMq),
 }
 
 impl BrokerServer {
@@ -71,6 +73,7 @@ impl BrokerServer {
         match self {
             Self::Nats(server) => server.url(),
             Self::Redis(server) => server.url(),
+            Self::Rabbitmq(server) => server.url(),
         }
     }
 
@@ -78,6 +81,7 @@ impl BrokerServer {
         match self {
             Self::Nats(server) => server.stop().await,
             Self::Redis(server) => server.stop().await,
+            Self::Rabbitmq(server) => server.stop().await,
         }
         .expect("stop the broker");
     }
@@ -86,6 +90,7 @@ impl BrokerServer {
         match self {
             Self::Nats(server) => server.start().await,
             Self::Redis(server) => server.start().await,
+            Self::Rabbitmq(server) => server.start().await,
         }
         .expect("start the broker again");
     }
@@ -220,6 +225,11 @@ fn manifests(database: &str, broker: &str, sink_url: &str, shape: Shape) -> Vec<
                 Broker::Redis => json!({
                     "broker": "redis", "connection": {"secretRef": {"name": "broker"}}, "provision": true,
                     "redis": {"stream": "orders"},
+                }),
+                Broker::Rabbitmq => json!({
+                    "broker": "rabbitmq", "connection": {"secretRef": {"name": "broker"}}, "provision": true,
+                    "rabbitmq": {"exchange": "orders", "exchangeType": "topic",
+                                 "routingKey": "{aggregateType}.{eventType}"},
                 }),
             },
         }),
