@@ -66,6 +66,11 @@ impl BrokerServer {
                     .await
                     .expect("a private redis-server"),
             ),
+            Broker::Rabbitmq => Self::Rabbitmq(
+                PrivateRabbitMq::launch()
+                    .await
+                    .expect("a private RabbitMQ node"),
+            ),
         }
     }
 
