@@ -52,8 +52,11 @@ pub const DEAD_LETTER_TABLE: &str = "demo_dead_letters";
 pub enum Broker {
     /// The queue table in the demo's database (no server).
     Sql,
+    /// A RabbitMQ server: the topic exchange `ferry-demo`.
     Rabbitmq,
+    /// A NATS server with JetStream: the stream `FERRY_DEMO`.
     Nats,
+    /// A Redis server: the stream `ferry-demo`.
     Redis,
 }
 
@@ -62,6 +65,7 @@ pub enum Broker {
 pub enum Database {
     /// A file in the data folder (no server).
     Sqlite,
+    /// A PostgreSQL server: the demo drops and recreates its own `demo_*` tables there.
     Postgres,
 }
 
