@@ -6,6 +6,7 @@
 //! `.ci/install-helm` installs). Without one they fail and say so; they never skip.
 //! `$FERRY_CHART_DIR` points them at another copy of the chart (default: `charts/ferry`).
 
+mod calls;
 mod helm;
 mod render;
 mod round_trip;
@@ -370,16 +371,20 @@ fn chart_rbac_has_no_wildcards_and_secrets_are_read_only() {
 }
 
 #[test]
-fn chart_grants_patch_on_the_status_of_every_ferry_kind_and_nothing_else_there() {
+fn chart_grants_patch_on_the_status_of_the_workload_kinds_and_nothing_else_there() {
     for render in Render::all() {
         let grants = render.grants();
-        for kind in [
-            "outboxsources",
-            "brokertopics",
-            "retrypolicies",
-            "deadletterqueues",
-            "consumers",
-        ] {
+        for kind in ["brokertopics", "retrypolicies", "deadletterqueues"] {
+            let status = format!("{kind}/status");
+            assert!(
+                !grants
+                    .iter()
+                    .any(|grant| grant.grants("ferry.dev", &status)),
+                "values {:?}: the operator writes no status of {kind}",
+                render.sets
+            );
+        }
+        for kind in ["outboxsources", "consumers"] {
             let status = format!("{kind}/status");
             let on_status: Vec<&Grant> = grants
                 .iter()
@@ -693,4 +698,106 @@ fn chart_refuses_several_replicas_without_leader_election() {
     );
     let elected: Deployment = Render::new(&["replicaCount=2"]).only();
     assert_eq!(elected.spec.and_then(|spec| spec.replicas), Some(2));
+}
+
+/// Permissions the chart grants that the run below sends no request for, each with the reason
+/// the operator needs it.
+const GRANTED_WITHOUT_A_REQUEST: &[(&str, &str, &str, &str)] = &[
+    (
+        "events.k8s.io",
+        "events",
+        "patch",
+        "the event recorder patches a repeated event into a series instead of creating it again",
+    ),
+    (
+        "coordination.k8s.io",
+        "leases",
+        "update",
+        "renewing and releasing the Lease; the run may end before the first renewal",
+    ),
+    (
+        "ferry.dev",
+        "outboxsources/finalizers",
+        "update",
+        "no request: admission checks it for blockOwnerDeletion on the children's owner references",
+    ),
+    (
+        "ferry.dev",
+        "consumers/finalizers",
+        "update",
+        "no request: admission checks it for blockOwnerDeletion on the children's owner references",
+    ),
+];
+
+/// The chart's RBAC (default values: cluster-wide) against the requests `ferry operator` sends
+/// while it reconciles the orders example, elects itself leader, deletes a child it no longer
+/// wants and stops: every request is granted, and nothing is granted that no request needs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chart_rbac_grants_exactly_what_the_operator_calls() {
+    let owned = |(group, resource, verb): (&str, &str, &str)| {
+        (group.to_owned(), resource.to_owned(), verb.to_owned())
+    };
+    let signs: BTreeSet<calls::Permission> = [
+        ("ferry.dev", "outboxsources", "watch"),
+        ("ferry.dev", "outboxsources/status", "patch"),
+        ("ferry.dev", "consumers/status", "patch"),
+        ("apps", "deployments", "patch"),
+        ("", "configmaps", "delete"),
+        ("apps", "deployments", "delete"),
+        ("policy", "poddisruptionbudgets", "delete"),
+        ("coordination.k8s.io", "leases", "create"),
+        ("events.k8s.io", "events", "create"),
+    ]
+    .into_iter()
+    .map(owned)
+    .collect();
+    let used = calls::operator_calls(&signs).await;
+    let unseen: Vec<&calls::Permission> = signs.difference(&used).collect();
+    assert!(
+        unseen.is_empty(),
+        "the operator did not get far enough to send {unseen:?}; it sent {used:#?}"
+    );
+    let granted: BTreeSet<calls::Permission> = Render::new(&[])
+        .grants()
+        .iter()
+        .flat_map(|grant| {
+            let rule = &grant.rule;
+            let groups = rule.api_groups.clone().unwrap_or_default();
+            let resources = rule.resources.clone().unwrap_or_default();
+            groups.into_iter().flat_map(move |group| {
+                let verbs = rule.verbs.clone();
+                resources.clone().into_iter().flat_map(move |resource| {
+                    let group = group.clone();
+                    verbs
+                        .clone()
+                        .into_iter()
+                        .map(move |verb| (group.clone(), resource.clone(), verb))
+                })
+            })
+        })
+        .collect();
+    // A server-side apply of an object that does not exist yet is authorized as create.
+    let applied: Vec<calls::Permission> = used
+        .iter()
+        .filter(|(_, resource, verb)| verb == "patch" && !resource.contains('/'))
+        .map(|(group, resource, _)| (group.clone(), resource.clone(), "create".to_owned()))
+        .collect();
+    let used: BTreeSet<calls::Permission> = used.into_iter().chain(applied).collect();
+    let not_granted: Vec<&calls::Permission> = used.difference(&granted).collect();
+    assert!(
+        not_granted.is_empty(),
+        "the operator calls what the chart does not grant: {not_granted:#?}"
+    );
+    let never_used: Vec<&calls::Permission> = granted
+        .difference(&used)
+        .filter(|(group, resource, verb)| {
+            !GRANTED_WITHOUT_A_REQUEST
+                .iter()
+                .any(|(g, r, v, _)| g == group && r == resource && v == verb)
+        })
+        .collect();
+    assert!(
+        never_used.is_empty(),
+        "the chart grants what the operator never calls: {never_used:#?}"
+    );
 }

@@ -80,60 +80,51 @@ cluster-wide (ClusterRole) or per watched namespace (Role). No wildcards: every
 group, resource and verb is named.
 */}}
 {{- define "ferry.namespacedRules" -}}
-# Read the ferry.dev resources users write: the reconcilers' inputs.
+# Every rule is a request the operator sends (tests/chart/calls.rs runs it against a
+# recording API server and compares the two lists), or one the API server needs
+# for a request it sends (noted where so).
+#
+# The resources that get a workload: read when reconciled, and watched.
 - apiGroups: ["ferry.dev"]
-  resources:
-    - outboxsources
-    - brokertopics
-    - retrypolicies
-    - deadletterqueues
-    - consumers
+  resources: ["outboxsources", "consumers"]
   verbs: ["get", "list", "watch"]
-# Report progress and conditions on their status subresource: a server-side
-# apply is a patch (the current status comes with the object read above).
+# The resources they reference: listed and watched, so that a change to one
+# reconciles its dependents.
 - apiGroups: ["ferry.dev"]
-  resources:
-    - outboxsources/status
-    - brokertopics/status
-    - retrypolicies/status
-    - deadletterqueues/status
-    - consumers/status
+  resources: ["brokertopics", "retrypolicies", "deadletterqueues"]
+  verbs: ["list", "watch"]
+# Conditions and figures on the status of the resources that get a workload: a
+# server-side apply is a patch.
+- apiGroups: ["ferry.dev"]
+  resources: ["outboxsources/status", "consumers/status"]
   verbs: ["patch"]
-# Add and remove the finalizer that runs cleanup before a resource is deleted.
-# (Also needed to set blockOwnerDeletion on children's owner references.)
+# No request: the children's owner references set blockOwnerDeletion, which the
+# OwnerReferencesPermissionEnforcement admission plugin allows only to who may
+# update the owner's finalizers.
 - apiGroups: ["ferry.dev"]
-  resources:
-    - outboxsources/finalizers
-    - brokertopics/finalizers
-    - retrypolicies/finalizers
-    - deadletterqueues/finalizers
-    - consumers/finalizers
+  resources: ["outboxsources/finalizers", "consumers/finalizers"]
   verbs: ["update"]
-# The relay and consumer Deployments the operator owns: it creates them with
-# server-side apply, watches them for readiness and deletes them when they are
-# no longer wanted.
+# The relay and consumer Deployments: applied server-side (a patch, authorized
+# as create when the Deployment does not exist yet), read for readiness, listed
+# and watched, deleted when no longer wanted.
 - apiGroups: ["apps"]
   resources: ["deployments"]
-  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
-# The ConfigMaps (pipeline configuration) and Services (relay/consumer metrics)
-# the operator owns, managed like the Deployments.
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+# The ConfigMaps (resolved config) and Services (status and metrics port), and
+# the PodDisruptionBudgets of workloads with several replicas: managed like the
+# Deployments, never read one by one.
 - apiGroups: [""]
   resources: ["configmaps", "services"]
-  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
-# The PodDisruptionBudgets the operator owns for its workloads.
+  verbs: ["list", "watch", "create", "patch", "delete"]
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
-  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
-# Secrets referenced by a spec (database and broker credentials): watched so
-# the workloads roll when one changes. Read-only: the operator never writes them.
+  verbs: ["list", "watch", "create", "patch", "delete"]
+# Secrets referenced by a spec: listed (to check the keys a reference names)
+# and watched, so the workloads roll when one changes. Never written.
 - apiGroups: [""]
   resources: ["secrets"]
-  verbs: ["get", "list", "watch"]
-# The relay and consumer pods: read to report readiness in status. Never written.
-- apiGroups: [""]
-  resources: ["pods"]
-  verbs: ["get", "list", "watch"]
-# Kubernetes Events about what the operator did to a resource (the shared
+  verbs: ["list", "watch"]
+# Kubernetes Events about a resource that cannot be applied (the shared
 # Recorder creates an event and patches it when it repeats).
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
