@@ -70,17 +70,34 @@ impl OutboxStore for MySqlOutbox {
                     .await?
             }
             Ordering::PerKey => {
-                // MySQL cannot lock inside a derived table, so heads and rows are two statements
-                // of one transaction; see the PostgreSQL store for why heads are enough.
-                let heads: Vec<String> = sqlx::query_scalar(trusted(format!(
-                    "SELECT o.aggregate_id FROM {q} o
+                // MySQL cannot lock inside a derived table, so heads and rows are separate
+                // statements of one transaction; see the PostgreSQL store for why heads are
+                // enough. The heads are found without locking, then locked: a locking read with
+                // SKIP LOCKED skips locked rows inside its NOT EXISTS too, so a key whose head
+                // another claim holds would show its second row as a head, and two claims would
+                // publish the same rows.
+                let candidates: Vec<i64> = sqlx::query_scalar(trusted(format!(
+                    "SELECT o.seq FROM {q} o
                      WHERE o.{PENDING}
                        AND NOT EXISTS (SELECT 1 FROM {q} e WHERE e.aggregate_id = o.aggregate_id AND e.seq < o.seq AND e.{PENDING})
-                     ORDER BY o.seq LIMIT ? FOR UPDATE SKIP LOCKED"
+                     ORDER BY o.seq LIMIT ?"
                 )))
                 .bind(limit)
                 .fetch_all(&mut *tx)
                 .await?;
+                let heads: Vec<String> = if candidates.is_empty() {
+                    Vec::new()
+                } else {
+                    let mut lock = QueryBuilder::<MySql>::new(format!(
+                        "SELECT aggregate_id FROM {q} WHERE {PENDING} AND seq IN ("
+                    ));
+                    let mut seqs = lock.separated(", ");
+                    for seq in &candidates {
+                        seqs.push_bind(*seq);
+                    }
+                    lock.push(") ORDER BY seq FOR UPDATE SKIP LOCKED");
+                    lock.build_query_scalar().fetch_all(&mut *tx).await?
+                };
                 if heads.is_empty() {
                     Vec::new()
                 } else {
