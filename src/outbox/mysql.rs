@@ -88,8 +88,11 @@ impl OutboxStore for MySqlOutbox {
                 let heads: Vec<String> = if candidates.is_empty() {
                     Vec::new()
                 } else {
+                    // By primary key only: through a secondary index (or a scan of a small
+                    // table) the lock also takes rows outside the list, and the other claims'
+                    // SKIP LOCKED then passes over heads nobody holds.
                     let mut lock = QueryBuilder::<MySql>::new(format!(
-                        "SELECT aggregate_id FROM {q} WHERE {PENDING} AND seq IN ("
+                        "SELECT aggregate_id FROM {q} FORCE INDEX (PRIMARY) WHERE {PENDING} AND seq IN ("
                     ));
                     let mut seqs = lock.separated(", ");
                     for seq in &candidates {
