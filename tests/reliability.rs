@@ -216,6 +216,17 @@ async fn consumer_sigkilled_repeatedly_under_load_on_rabbitmq() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumer_sigkilled_repeatedly_under_load_on_the_sql_queue() {
+    kill_repeatedly(
+        Broker::Sql,
+        Victims::Consumer,
+        5,
+        "consumer SIGKILLed, sql queue",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_and_consumer_sigkilled_at_once_under_load() {
     kill_repeatedly(Broker::Nats, Victims::Both, 4, "both SIGKILLed").await;
 }

@@ -40,6 +40,8 @@ pub enum Broker {
     Nats,
     Redis,
     Rabbitmq,
+    /// The `sql` queue table, in the scenario's PostgreSQL.
+    Sql,
 }
 
 /// What a scenario varies.
@@ -55,6 +57,8 @@ pub enum BrokerServer {
     Nats(PrivateNats),
     Redis(PrivateRedis),
     Rabbitmq(PrivateRabbitMq),
+    /// No server of its own: the queue table is in the scenario's database.
+    InDatabase,
 }
 
 impl BrokerServer {
@@ -71,6 +75,7 @@ impl BrokerServer {
                     .await
                     .expect("a private RabbitMQ node"),
             ),
+            Broker::Sql => Self::InDatabase,
         }
     }
 
@@ -79,6 +84,7 @@ impl BrokerServer {
             Self::Nats(server) => server.url(),
             Self::Redis(server) => server.url(),
             Self::Rabbitmq(server) => server.url(),
+            Self::InDatabase => String::new(),
         }
     }
 
@@ -87,6 +93,7 @@ impl BrokerServer {
             Self::Nats(server) => server.stop().await,
             Self::Redis(server) => server.stop().await,
             Self::Rabbitmq(server) => server.stop().await,
+            Self::InDatabase => panic!("the sql queue is in the database: restart that"),
         }
         .expect("stop the broker");
     }
@@ -96,6 +103,7 @@ impl BrokerServer {
             Self::Nats(server) => server.start().await,
             Self::Redis(server) => server.start().await,
             Self::Rabbitmq(server) => server.start().await,
+            Self::InDatabase => panic!("the sql queue is in the database: restart that"),
         }
         .expect("start the broker again");
     }
@@ -230,6 +238,10 @@ fn manifests(database: &str, broker: &str, sink_url: &str, shape: Shape) -> Vec<
                 Broker::Redis => json!({
                     "broker": "redis", "connection": {"secretRef": {"name": "broker"}}, "provision": true,
                     "redis": {"stream": "orders"},
+                }),
+                Broker::Sql => json!({
+                    "broker": "sql", "connection": {"secretRef": {"name": "db"}}, "provision": true,
+                    "sql": {"table": "ferry_queue", "queue": "orders"},
                 }),
                 Broker::Rabbitmq => json!({
                     "broker": "rabbitmq", "connection": {"secretRef": {"name": "broker"}}, "provision": true,

@@ -104,6 +104,15 @@ impl SqlSubscriber {
                 Box::new(SqliteStore::open(topic, url, &table, group, provision).await?)
             }
         };
+        if subscription.single_active {
+            store
+                .release_all()
+                .await
+                .map_err(|error| BrokerError::Connection {
+                    topic: topic.to_owned(),
+                    message: format!("giving back the group's leases: {error}"),
+                })?;
+        }
         tracing::debug!(
             topic,
             table = %table.qualified(),

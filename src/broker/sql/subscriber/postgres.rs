@@ -61,6 +61,7 @@ struct Statements {
     retry: Arc<str>,
     extend: Arc<str>,
     release: Arc<str>,
+    release_all: Arc<str>,
     lag: Arc<str>,
 }
 
@@ -154,6 +155,10 @@ impl Statements {
                  FROM unnest($3::bigint[], $4::int[]) AS held(seq, attempt) \
                  WHERE d.group_name = $1 AND d.queue = $2 AND d.seq = held.seq \
                  AND d.attempt = held.attempt AND NOT d.done"
+            )),
+            release_all: text(format!(
+                "UPDATE {deliveries} SET leased_by = NULL, leased_until = NULL \
+                 WHERE {this_group} AND NOT done AND leased_until IS NOT NULL"
             )),
             lag: text(format!(
                 "SELECT count(*), \
@@ -406,6 +411,15 @@ impl GroupStore for PostgresStore {
             .bind(&self.group.queue)
             .bind(seqs)
             .bind(attempts)
+            .execute(&self.pool)
+            .await
+            .map(drop)
+    }
+
+    async fn release_all(&self) -> Result<(), sqlx::Error> {
+        sqlx::query(AssertSqlSafe(self.sql.release_all.clone()))
+            .bind(&self.group.name)
+            .bind(&self.group.queue)
             .execute(&self.pool)
             .await
             .map(drop)

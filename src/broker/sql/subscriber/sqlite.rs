@@ -45,6 +45,7 @@ struct Statements {
     retry: Arc<str>,
     extend: Arc<str>,
     release: Arc<str>,
+    release_all: Arc<str>,
     lag: Arc<str>,
 }
 
@@ -113,6 +114,10 @@ impl Statements {
             release: text(format!(
                 "UPDATE {deliveries} SET leased_by = NULL, leased_until = NULL \
                  WHERE {this_group} AND seq = ?3 AND attempt = ?4 AND NOT done"
+            )),
+            release_all: text(format!(
+                "UPDATE {deliveries} SET leased_by = NULL, leased_until = NULL \
+                 WHERE {this_group} AND NOT done AND leased_until IS NOT NULL"
             )),
             lag: text(format!(
                 "SELECT count(*), min(q.enqueued_at) \
@@ -368,6 +373,15 @@ impl GroupStore for SqliteStore {
                 .await?;
         }
         Ok(())
+    }
+
+    async fn release_all(&self) -> Result<(), sqlx::Error> {
+        sqlx::query(AssertSqlSafe(self.sql.release_all.clone()))
+            .bind(&self.group.name)
+            .bind(&self.group.queue)
+            .execute(&self.pool)
+            .await
+            .map(drop)
     }
 
     async fn lag(&self) -> Result<GroupLag, sqlx::Error> {

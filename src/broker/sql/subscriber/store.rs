@@ -69,6 +69,10 @@ pub(super) trait GroupStore: Send + Sync {
 
     /// Ends leases at once, so that another member need not wait for them to expire.
     async fn release(&self, leases: &[Lease]) -> Result<(), sqlx::Error>;
+    /// Gives back every lease of the group, whoever holds it: what an ordered group does when
+    /// a session starts (nothing of it is in flight then), so that the messages a stopped
+    /// member held come before newer messages of their keys instead of after `ack_timeout`.
+    async fn release_all(&self) -> Result<(), sqlx::Error>;
 
     async fn lag(&self) -> Result<GroupLag, sqlx::Error>;
 
