@@ -135,16 +135,10 @@ fn stream_length(dir: &Path, port: u16, stream: &str) -> Option<i64> {
 }
 
 async fn relay_status(address: std::net::SocketAddr) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let Ok(mut stream) = tokio::net::TcpStream::connect(address).await else {
-        return String::new();
-    };
-    let request = format!("GET /status HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
-    let mut response = String::new();
-    if stream.write_all(request.as_bytes()).await.is_ok() {
-        let _ = stream.read_to_string(&mut response).await;
-    }
-    response
+    support::try_http_get(address, "/status")
+        .await
+        .map(|(_, body)| body)
+        .unwrap_or_default()
 }
 
 #[tokio::test]

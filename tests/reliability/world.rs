@@ -349,21 +349,12 @@ impl Workload {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// Its `/status` document, as text.
+    /// Its `/status` document, as text (empty while it does not answer).
     pub async fn status(&self) -> String {
-        let Ok(mut stream) = tokio::net::TcpStream::connect(self.address).await else {
-            return String::new();
-        };
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let request = format!(
-            "GET /status HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
-            self.address
-        );
-        let mut response = String::new();
-        if stream.write_all(request.as_bytes()).await.is_ok() {
-            let _ = stream.read_to_string(&mut response).await;
-        }
-        response
+        crate::support::try_http_get(self.address, "/status")
+            .await
+            .map(|(_, body)| body)
+            .unwrap_or_default()
     }
 
     /// The process's peak resident memory so far (`VmHWM`), in MiB.
