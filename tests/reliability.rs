@@ -16,7 +16,7 @@ mod world;
 
 use std::time::Duration;
 
-use rand::RngExt;
+use rand::{RngExt, seq::SliceRandom};
 use tokio::time::Instant;
 
 use checker::Counts;
@@ -143,6 +143,37 @@ impl Scenario {
     }
 }
 
+impl Scenario {
+    /// Stops the broker for `outage`, then starts it again.
+    async fn broker_down(&mut self, outage: Duration) {
+        self.world.broker.stop().await;
+        tokio::time::sleep(outage).await;
+        self.world.broker.start().await;
+    }
+
+    /// Stops PostgreSQL (outbox, idempotency store, dead letters, the service's tables) for
+    /// `outage`, then starts it again.
+    async fn database_down(&mut self, outage: Duration) {
+        self.world.postgres.stop().await.expect("stop PostgreSQL");
+        tokio::time::sleep(outage).await;
+        self.world.postgres.start().await.expect("start PostgreSQL");
+    }
+
+    /// The service answers every request 503 for `outage`.
+    async fn sink_down(&self, outage: Duration) {
+        self.service.set_down(true);
+        tokio::time::sleep(outage).await;
+        self.service.set_down(false);
+    }
+
+    /// The service answers `share` of requests 500 for `stretch`.
+    async fn sink_failing(&self, share: f64, stretch: Duration) {
+        self.service.fail_randomly(share);
+        tokio::time::sleep(stretch).await;
+        self.service.fail_randomly(0.0);
+    }
+}
+
 /// A pause of 200–700 ms between faults.
 fn pause() -> Duration {
     Duration::from_millis(rand::rng().random_range(200..700))
@@ -257,9 +288,7 @@ async fn broker_restarted_under_load() {
         })
         .await;
         tokio::time::sleep(pause()).await;
-        scenario.world.broker.stop().await;
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        scenario.world.broker.start().await;
+        scenario.broker_down(Duration::from_secs(2)).await;
         tokio::time::sleep(pause()).await;
         scenario
             .finish(
@@ -278,19 +307,7 @@ async fn database_restarted_under_load() {
     })
     .await;
     tokio::time::sleep(pause()).await;
-    scenario
-        .world
-        .postgres
-        .stop()
-        .await
-        .expect("stop PostgreSQL");
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    scenario
-        .world
-        .postgres
-        .start()
-        .await
-        .expect("start PostgreSQL");
+    scenario.database_down(Duration::from_secs(2)).await;
     tokio::time::sleep(pause()).await;
     scenario
         .finish(
@@ -308,9 +325,7 @@ async fn sink_down_for_a_stretch_then_back() {
     })
     .await;
     tokio::time::sleep(pause()).await;
-    scenario.service.set_down(true);
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    scenario.service.set_down(false);
+    scenario.sink_down(Duration::from_secs(3)).await;
     tokio::time::sleep(pause()).await;
     scenario
         .finish("sink down", "every request answered 503 for 3 s")
@@ -325,20 +340,8 @@ async fn database_unreachable_for_longer_than_every_retry_cap() {
     })
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    scenario
-        .world
-        .postgres
-        .stop()
-        .await
-        .expect("stop PostgreSQL");
     // The publish policy's cap is 1 s and the delivery policy's 500 ms.
-    tokio::time::sleep(Duration::from_secs(6)).await;
-    scenario
-        .world
-        .postgres
-        .start()
-        .await
-        .expect("start PostgreSQL");
+    scenario.database_down(Duration::from_secs(6)).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     scenario
         .finish(
@@ -426,9 +429,7 @@ async fn soak_with_random_faults() {
     ];
     'soak: loop {
         // A shuffle, so that faults meet each other in different orders.
-        for index in (1..kinds.len()).rev() {
-            kinds.swap(index, rand::rng().random_range(0..=index));
-        }
+        kinds.shuffle(&mut rand::rng());
         for fault in kinds {
             if injected.len() >= kinds.len() && Instant::now() >= until {
                 break 'soak;
@@ -437,36 +438,10 @@ async fn soak_with_random_faults() {
             match fault {
                 Fault::KillRelay => scenario.relay.kill_and_restart().await,
                 Fault::KillConsumer => scenario.consumer.kill_and_restart().await,
-                Fault::RestartBroker => {
-                    scenario.world.broker.stop().await;
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    scenario.world.broker.start().await;
-                }
-                Fault::RestartDatabase => {
-                    scenario
-                        .world
-                        .postgres
-                        .stop()
-                        .await
-                        .expect("stop PostgreSQL");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    scenario
-                        .world
-                        .postgres
-                        .start()
-                        .await
-                        .expect("start PostgreSQL");
-                }
-                Fault::SinkDown => {
-                    scenario.service.set_down(true);
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    scenario.service.set_down(false);
-                }
-                Fault::SinkFailing => {
-                    scenario.service.fail_randomly(0.5);
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    scenario.service.fail_randomly(0.0);
-                }
+                Fault::RestartBroker => scenario.broker_down(Duration::from_secs(1)).await,
+                Fault::RestartDatabase => scenario.database_down(Duration::from_secs(1)).await,
+                Fault::SinkDown => scenario.sink_down(Duration::from_secs(1)).await,
+                Fault::SinkFailing => scenario.sink_failing(0.5, Duration::from_secs(1)).await,
             }
             injected.push(fault);
         }
