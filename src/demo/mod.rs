@@ -296,8 +296,7 @@ pub async fn run_demo(args: &DemoArgs, interrupted: &CancellationToken) -> anyho
     let mut settled_in_time = false;
     loop {
         let counts = Counts::gather(&db).await.ok();
-        let (published, retried, dead_lettered) = figures(&pipelines);
-        progress.show(published, counts.as_ref(), retried, dead_lettered, &tally);
+        progress.show(&figures(&pipelines), counts.as_ref(), &tally);
         let produced = producer.is_finished();
         if let Some(counts) = &counts
             && produced
@@ -347,22 +346,18 @@ pub async fn run_demo(args: &DemoArgs, interrupted: &CancellationToken) -> anyho
         anyhow::bail!("the orders service failed: {error}");
     }
     let counts = counts?;
-    let mut reported = Reported {
-        requests_at_service: tally.requests.load(Ordering::Relaxed),
-        ..Reported::default()
-    };
-    for (workload, reading, outcome) in &finals {
+    for (workload, _, outcome) in &finals {
         if let Err(error) = outcome {
             anyhow::bail!("{} {}: {error}", workload.role(), workload.name());
         }
-        match reading {
-            Reading::Relay(relay) => reported.published += relay.published_total.unwrap_or(0),
-            Reading::Consumer(consumer) => {
-                reported.retried += consumer.retried_total.unwrap_or(0);
-                reported.deduplicated_by_consumer += consumer.deduplicated_total.unwrap_or(0);
-            }
-        }
     }
+    let totals = Totals::of(finals.into_iter().map(|(_, reading, _)| reading));
+    let reported = Reported {
+        published: totals.published,
+        retried: totals.retried,
+        deduplicated_by_consumer: totals.deduplicated,
+        requests_at_service: tally.requests.load(Ordering::Relaxed),
+    };
     db.close().await;
     println!();
     Ok(Outcome {
@@ -398,11 +393,7 @@ async fn replay_dead_letters(
         Some("the inventory service now carries the POISON items"),
     )
     .await?;
-    let bar = ProgressBar::new(request.letters).with_style(
-        ProgressStyle::with_template("{prefix:>10} [{bar:40}] {pos:>7}/{len}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-    );
+    let bar = ProgressBar::new(request.letters).with_style(bar_style());
     bar.set_prefix("replayed");
     let progress = dlq::replay::watch(
         &store,
@@ -424,18 +415,7 @@ async fn wait_until_ready(
     interrupted: &CancellationToken,
 ) -> anyhow::Result<()> {
     loop {
-        let waiting: Vec<String> = pipelines
-            .running
-            .iter()
-            .filter(|running| {
-                let ready = match running.reading() {
-                    Reading::Relay(relay) => relay.ready,
-                    Reading::Consumer(consumer) => consumer.ready,
-                };
-                ready != Some(true)
-            })
-            .map(|running| format!("{} {}", running.workload.role(), running.workload.name()))
-            .collect();
+        let waiting = pipelines.not_ready();
         if waiting.is_empty() {
             return Ok(());
         }
@@ -511,19 +491,47 @@ async fn produce(
     Ok(())
 }
 
-/// The relay's published total, and the consumer's retries and dead letters, as reported now.
-fn figures(pipelines: &Pipelines) -> (u64, u64, u64) {
-    let mut figures = (0, 0, 0);
-    for running in &pipelines.running {
-        match running.reading() {
-            Reading::Relay(relay) => figures.0 += relay.published_total.unwrap_or(0),
-            Reading::Consumer(consumer) => {
-                figures.1 += consumer.retried_total.unwrap_or(0);
-                figures.2 += consumer.dead_lettered_total.unwrap_or(0);
+/// What the relay and the consumer report now.
+fn figures(pipelines: &Pipelines) -> Totals {
+    Totals::of(
+        pipelines
+            .running
+            .iter()
+            .map(crate::standalone::Running::reading),
+    )
+}
+
+/// The workloads' own figures the demo shows, summed over relays and consumers.
+#[derive(Debug, Default)]
+struct Totals {
+    published: u64,
+    retried: u64,
+    dead_lettered: u64,
+    deduplicated: u64,
+}
+
+impl Totals {
+    fn of(readings: impl IntoIterator<Item = Reading>) -> Self {
+        let mut totals = Self::default();
+        for reading in readings {
+            match reading {
+                Reading::Relay(relay) => totals.published += relay.published_total.unwrap_or(0),
+                Reading::Consumer(consumer) => {
+                    totals.retried += consumer.retried_total.unwrap_or(0);
+                    totals.dead_lettered += consumer.dead_lettered_total.unwrap_or(0);
+                    totals.deduplicated += consumer.deduplicated_total.unwrap_or(0);
+                }
             }
         }
+        totals
     }
-    figures
+}
+
+/// The look of the demo's progress bars.
+fn bar_style() -> ProgressStyle {
+    ProgressStyle::with_template("{prefix:>10} [{bar:40}] {pos:>7}/{len}")
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> ")
 }
 
 /// The progress bars: committed, published, settled, and a line of what went wrong on purpose.
@@ -538,9 +546,7 @@ struct Progress {
 impl Progress {
     fn new(orders: u64) -> Self {
         let bars = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
-        let style = ProgressStyle::with_template("{prefix:>10} [{bar:40}] {pos:>7}/{len}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> ");
+        let style = bar_style();
         let bar = |prefix: &'static str| {
             bars.add(
                 ProgressBar::new(orders)
@@ -560,16 +566,15 @@ impl Progress {
         }
     }
 
-    fn show(
-        &self,
-        published: u64,
-        counts: Option<&Counts>,
-        retried: u64,
-        dead_lettered: u64,
-        tally: &Arc<inventory::Tally>,
-    ) {
+    fn show(&self, totals: &Totals, counts: Option<&Counts>, tally: &Arc<inventory::Tally>) {
+        let Totals {
+            published,
+            retried,
+            dead_lettered,
+            ..
+        } = totals;
         self.published
-            .set_position(published.min(self.published.length().unwrap_or(0)));
+            .set_position((*published).min(self.published.length().unwrap_or(0)));
         if let Some(counts) = counts {
             self.settled
                 .set_position((counts.delivered + counts.dead_poison + counts.dead_other) as u64);

@@ -140,6 +140,16 @@ pub enum Reading {
     Consumer(ConsumerReading),
 }
 
+impl Reading {
+    /// Whether the workload says it is ready.
+    pub fn ready(&self) -> bool {
+        match self {
+            Self::Relay(relay) => relay.ready == Some(true),
+            Self::Consumer(consumer) => consumer.ready == Some(true),
+        }
+    }
+}
+
 impl Running {
     pub fn reading(&self) -> Reading {
         read(&self.workload, self.report.as_ref())
@@ -265,10 +275,16 @@ impl Pipelines {
 
     /// Whether every workload reports ready (connected and, a consumer, subscribed).
     pub fn all_ready(&self) -> bool {
-        self.running.iter().all(|running| match running.reading() {
-            Reading::Relay(relay) => relay.ready == Some(true),
-            Reading::Consumer(consumer) => consumer.ready == Some(true),
-        })
+        self.not_ready().is_empty()
+    }
+
+    /// The workloads not ready yet, as `relay namespace/name`.
+    pub fn not_ready(&self) -> Vec<String> {
+        self.running
+            .iter()
+            .filter(|running| !running.reading().ready())
+            .map(|running| format!("{} {}", running.workload.role(), running.workload.name()))
+            .collect()
     }
 
     /// Waits until every workload has stopped (after `shutdown` is cancelled); their final
