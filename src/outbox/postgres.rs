@@ -48,26 +48,33 @@ impl PgOutbox {
     pub fn with_pool(pool: PgPool, url: &str, table: &str) -> Self {
         let table = TableName::new(table);
         let q = &table.qualified;
-        // Lock the oldest pending row of each key (its "head"); a key whose head another claim
-        // holds is skipped, and a key's later rows are never heads while an earlier one is
-        // pending, so no two claims ever hold rows of one key.
         // Read the oldest pending rows (a window of a few batches, without locks); within it
         // the first row of each key is that key's oldest pending row, its "head". Lock heads
         // with SKIP LOCKED: a key whose head another claim holds is skipped, and a key's later
         // rows are never heads while an earlier one is pending, so no two claims ever hold rows
         // of one key. Then take the window's rows of the locked keys. The window keeps the cost
         // proportional to the batch, not to the backlog.
+        // Rows are fetched again by their `ctid` from the window (a TID scan) rather than by
+        // `seq` through an index: a third less work per claim. The ctids are safe to reuse
+        // within the statement: its snapshot keeps every tuple of the window from being
+        // vacuumed, and a row changed since the snapshot fails the lock's recheck of the ctid,
+        // so its key is skipped, as if another claim held it.
         let claim_per_key = format!(
-            "WITH pending AS (
-                SELECT seq, aggregate_id FROM {q} WHERE {PENDING} ORDER BY seq LIMIT $2),
+            "WITH pending AS MATERIALIZED (
+                SELECT ctid AS tid, seq, aggregate_id FROM {q} WHERE {PENDING} ORDER BY seq LIMIT $2),
              heads AS (
-                SELECT o.seq, o.aggregate_id FROM {q} o
-                WHERE o.seq IN (SELECT min(seq) FROM pending GROUP BY aggregate_id) AND o.{PENDING}
+                SELECT o.aggregate_id FROM {q} o
+                WHERE o.ctid = ANY(ARRAY(
+                    SELECT p.tid FROM pending p
+                    JOIN (SELECT min(seq) AS seq FROM pending GROUP BY aggregate_id) h ON h.seq = p.seq))
+                  AND o.{PENDING}
                 ORDER BY o.seq LIMIT $1
                 FOR UPDATE OF o SKIP LOCKED)
-             SELECT {COLUMNS} FROM {q} r JOIN pending p ON p.seq = r.seq
-             WHERE p.aggregate_id IN (SELECT aggregate_id FROM heads)
-             ORDER BY r.seq LIMIT $1"
+             SELECT {COLUMNS} FROM {q} r
+             WHERE r.ctid = ANY(ARRAY(
+                SELECT p.tid FROM pending p WHERE p.aggregate_id IN (SELECT aggregate_id FROM heads)
+                ORDER BY p.seq LIMIT $1))
+             ORDER BY r.seq"
         );
         let claim_any = format!(
             "SELECT {COLUMNS} FROM {q} r WHERE r.{PENDING} ORDER BY r.seq LIMIT $1 FOR UPDATE SKIP LOCKED"

@@ -94,17 +94,16 @@ async fn process(shared: &Shared) -> Batch {
 
     let (groups, mut refused) = encode(shared, claim.events()).await;
     let started = Instant::now();
-    let results = join_all(groups.iter().map(|(topic, items)| async move {
-        let envelopes: Vec<Envelope> = items.iter().map(|(_, envelope)| envelope.clone()).collect();
+    let results = join_all(groups.iter().map(|(topic, group)| async move {
         let publisher = shared.publishers.get(topic).await?;
-        publisher.publish(&envelopes).await
+        publisher.publish(&group.envelopes).await
     }))
     .await;
 
     let mut completion = Completion::default();
-    for ((topic, items), result) in groups.iter().zip(results) {
+    for ((topic, group), result) in groups.iter().zip(results) {
         let outcomes = match result {
-            Ok(outcomes) if outcomes.len() == items.len() => outcomes,
+            Ok(outcomes) if outcomes.len() == group.envelopes.len() => outcomes,
             Ok(outcomes) => {
                 return give_up(
                     shared,
@@ -113,7 +112,7 @@ async fn process(shared: &Shared) -> Batch {
                     format!(
                         "topic {topic}: broker answered {} outcomes for {} messages",
                         outcomes.len(),
-                        items.len()
+                        group.envelopes.len()
                     ),
                 )
                 .await;
@@ -132,7 +131,7 @@ async fn process(shared: &Shared) -> Batch {
             }
         };
         let mut confirmed = 0;
-        for ((index, envelope), outcome) in items.iter().zip(outcomes) {
+        for ((index, envelope), outcome) in group.rows.iter().zip(&group.envelopes).zip(outcomes) {
             match outcome {
                 Outcome::Confirmed => {
                     completion.published.push(claim.events()[*index].seq);
@@ -206,7 +205,14 @@ async fn give_up(shared: &Shared, claim: Box<dyn Claim>, category: &str, message
     Batch::Failed
 }
 
-type Groups = BTreeMap<String, Vec<(usize, Envelope)>>;
+/// One topic's messages of a batch: `rows[i]` is the index in the batch of `envelopes[i]`.
+#[derive(Default)]
+struct Group {
+    rows: Vec<usize>,
+    envelopes: Vec<Envelope>,
+}
+
+type Groups = BTreeMap<String, Group>;
 
 /// Routes and encodes every row, in order, grouped by topic; the rows that cannot be published
 /// are set aside with the reason.
@@ -253,7 +259,11 @@ async fn encode(shared: &Shared, events: &[OutboxEvent]) -> (Groups, Vec<Refused
             Err(problem) => Err(problem),
         };
         match checked {
-            Ok((topic, envelope)) => groups.entry(topic).or_default().push((index, envelope)),
+            Ok((topic, envelope)) => {
+                let group = groups.entry(topic).or_default();
+                group.rows.push(index);
+                group.envelopes.push(envelope);
+            }
             Err(problem) => refused.push(Refused {
                 index,
                 reason: problem.to_string(),
