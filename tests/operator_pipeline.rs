@@ -100,6 +100,57 @@ impl Operator {
             .to_owned()
     }
 
+    /// The message of condition `type_` of the resource, `""` when it has none.
+    fn message(&self, kind: &str, name: &str, type_: &str) -> String {
+        self.status(kind, name)["conditions"]
+            .as_array()
+            .and_then(|conditions| conditions.iter().find(|c| c["type"] == type_))
+            .and_then(|condition| condition["message"].as_str())
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    /// Changes a stored resource as a user's `kubectl apply` would.
+    fn edit(&self, kind: &str, name: &str, change: impl FnOnce(&mut Value)) {
+        let mut object = self
+            .api
+            .get(kind, &self.namespace, name)
+            .expect("the resource exists");
+        change(&mut object);
+        self.api.insert(object);
+    }
+
+    /// Reconciles one resource (`SOURCE` is the OutboxSource, anything else the Consumer);
+    /// what makes it invalid, if anything.
+    async fn reconcile_outcome(&self, name: &str) -> Option<String> {
+        let outcome = if name == SOURCE {
+            reconcile_outbox_source(&*self.api, &self.namespace, name, &self.settings).await
+        } else {
+            reconcile_consumer(&*self.api, &self.namespace, name, &self.settings).await
+        };
+        outcome
+            .expect("no API call fails")
+            .invalid()
+            .map(|error| format!("{error}"))
+    }
+
+    /// What the operator decides of every child in the namespace: each Deployment's,
+    /// ConfigMap's, Service's and PodDisruptionBudget's name, labels, spec and data (not
+    /// the status the kubelet writes).
+    fn children(&self) -> Vec<Value> {
+        ["Deployment", "ConfigMap", "Service", "PodDisruptionBudget"]
+            .into_iter()
+            .flat_map(|kind| self.api.objects(kind, &self.namespace))
+            .map(|child| {
+                json!({
+                    "kind": child["kind"], "metadata": {"name": child["metadata"]["name"],
+                    "labels": child["metadata"]["labels"]},
+                    "spec": child["spec"], "data": child["data"],
+                })
+            })
+            .collect()
+    }
+
     /// Rows waiting in the outbox, as the relay's `/status` reported them.
     fn relay_pending(&self) -> Option<i64> {
         self.status("OutboxSource", SOURCE)["lag"]["messages"].as_i64()
@@ -293,6 +344,94 @@ async fn statuses_follow_real_workloads_through_lag_an_outage_and_a_poison_messa
         !sink.accepted().contains_key(&poison.id.to_string()),
         "the poison message was never accepted"
     );
+
+    // Invalid fields while everything runs (an object stored under an older schema is not
+    // checked again by the API server): each resource's ReferencesResolved condition names its
+    // field, the operator changes no child, and the running workloads keep delivering.
+    let children_before = operator.children();
+    operator.edit("OutboxSource", SOURCE, |source| {
+        source["spec"]["capture"]["batchSize"] = json!(1_000_000);
+    });
+    operator.edit("Consumer", CONSUMER, |consumer| {
+        consumer["spec"]["concurrency"] = json!(0);
+    });
+    let during = pipeline.commit(5).await;
+    eventually("the invalid fields named", DEADLINE, async || {
+        kubelet.check_alive();
+        let source = operator.reconcile_outcome(SOURCE).await;
+        let consumer = operator.reconcile_outcome(CONSUMER).await;
+        for (kind, name, outcome, field) in [
+            ("OutboxSource", SOURCE, source, "spec.capture.batchSize"),
+            ("Consumer", CONSUMER, consumer, "spec.concurrency"),
+        ] {
+            let said = outcome.unwrap_or_default();
+            if !said.contains(field) {
+                return Err(format!(
+                    "{kind} reconcile said {said:?}, not naming {field}"
+                ));
+            }
+            let message = operator.message(kind, name, "ReferencesResolved");
+            expect(
+                &format!("{kind} ReferencesResolved"),
+                operator.condition(kind, name, "ReferencesResolved"),
+                "False",
+            )?;
+            if operator.reason(kind, name, "ReferencesResolved") != "InvalidSpec"
+                || !message.contains(field)
+            {
+                return Err(format!("{kind} ReferencesResolved says {message:?}"));
+            }
+        }
+        Ok(())
+    })
+    .await;
+    assert_eq!(
+        operator.children(),
+        children_before,
+        "an invalid spec must leave the running workloads' children as they were"
+    );
+    eventually(
+        "delivery to go on with invalid specs",
+        DEADLINE,
+        async || {
+            kubelet.check_alive();
+            let accepted = sink.accepted();
+            match during
+                .iter()
+                .filter(|id| !accepted.contains_key(*id))
+                .count()
+            {
+                0 => Ok(()),
+                missing => Err(format!(
+                    "{missing} of 5 committed with invalid specs not delivered"
+                )),
+            }
+        },
+    )
+    .await;
+    // Fixed again: valid, and still the same children.
+    operator.edit("OutboxSource", SOURCE, |source| {
+        source["spec"]["capture"]["batchSize"] = json!(100);
+    });
+    operator.edit("Consumer", CONSUMER, |consumer| {
+        consumer["spec"]["concurrency"] = json!(4);
+    });
+    operator
+        .until(&mut kubelet, "valid again once fixed", |op| {
+            expect(
+                "OutboxSource ReferencesResolved",
+                op.condition("OutboxSource", SOURCE, "ReferencesResolved"),
+                "True",
+            )?;
+            expect(
+                "Consumer ReferencesResolved",
+                op.condition("Consumer", CONSUMER, "ReferencesResolved"),
+                "True",
+            )
+        })
+        .await;
+    let accepted = sink.accepted();
+    assert!(accepted.values().all(|times| *times == 1), "{accepted:?}");
 
     // Nothing the operator wrote (children, statuses, events) shows the Secret's value.
     let written = format!("{:?}", api.calls());

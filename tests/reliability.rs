@@ -21,7 +21,7 @@ use tokio::time::Instant;
 
 use checker::Counts;
 use service::Service;
-use world::{Broker, Load, OUTBOX, Shape, Workload, World};
+use world::{Broker, Load, Shape, Source, Workload, World};
 
 /// Orders over this many keys, one every `LOAD_INTERVAL`, every `POISON_EVERY`-th refused.
 const KEYS: usize = 20;
@@ -56,15 +56,11 @@ impl Scenario {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let relay = world.start_relay().await;
-        let load = Load::start(world.pool.clone(), KEYS, LOAD_INTERVAL, POISON_EVERY);
+        let load = Load::start(world.source.clone(), KEYS, LOAD_INTERVAL, POISON_EVERY);
         // Faults start once the pipeline carries a load: on a busy machine the first seconds
         // can commit little.
         let deadline = Instant::now() + SETTLE;
-        while Counts::read(&world.pool, OUTBOX)
-            .await
-            .map_or(0, |counts| counts.committed)
-            < WARM_UP_ORDERS
-        {
+        while world.counts().await.map_or(0, |counts| counts.committed) < WARM_UP_ORDERS {
             assert!(Instant::now() < deadline, "the load did not start");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -85,9 +81,7 @@ impl Scenario {
         let statuses = [self.relay.status().await, self.consumer.status().await];
         let deadline = Instant::now() + SETTLE;
         let counts = loop {
-            let counts = Counts::read(&self.world.pool, OUTBOX)
-                .await
-                .expect("read the counts");
+            let counts = self.world.counts().await.expect("read the counts");
             if (counts.settled() && counts.outbox_pending == 0) || Instant::now() >= deadline {
                 break counts;
             }
@@ -159,6 +153,15 @@ impl Scenario {
         self.world.postgres.start().await.expect("start PostgreSQL");
     }
 
+    /// Stops the MariaDB server of a MySQL source (orders and outbox) for `outage`, then
+    /// starts it again.
+    async fn mysql_down(&mut self, outage: Duration) {
+        let mariadb = self.world.mariadb.as_mut().expect("a MySQL source");
+        mariadb.stop().await.expect("stop MariaDB");
+        tokio::time::sleep(outage).await;
+        mariadb.start().await.expect("start MariaDB");
+    }
+
     /// The service answers every request 503 for `outage`.
     async fn sink_down(&self, outage: Duration) {
         self.service.set_down(true);
@@ -193,6 +196,7 @@ async fn kill_repeatedly(broker: Broker, victims: Victims, times: u32, name: &st
     let mut scenario = Scenario::start(Shape {
         broker,
         ordered: true,
+        source: Source::Postgres,
     })
     .await;
     for _ in 0..times {
@@ -267,6 +271,7 @@ async fn sink_failing_a_fifth_of_requests_at_random_with_ordering_off() {
     let scenario = Scenario::start(Shape {
         broker: Broker::Nats,
         ordered: false,
+        source: Source::Postgres,
     })
     .await;
     scenario.service.fail_randomly(0.2);
@@ -285,6 +290,7 @@ async fn broker_restarted_under_load() {
         let mut scenario = Scenario::start(Shape {
             broker,
             ordered: true,
+            source: Source::Postgres,
         })
         .await;
         tokio::time::sleep(pause()).await;
@@ -304,6 +310,7 @@ async fn database_restarted_under_load() {
     let mut scenario = Scenario::start(Shape {
         broker: Broker::Nats,
         ordered: true,
+        source: Source::Postgres,
     })
     .await;
     tokio::time::sleep(pause()).await;
@@ -317,11 +324,37 @@ async fn database_restarted_under_load() {
         .await;
 }
 
+/// The orders and their outbox in MySQL (a MariaDB server of the scenario's own): the relay is
+/// SIGKILLed three times and MariaDB restarted once, under load, with per-key ordering on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_outbox_relay_sigkilled_and_database_restarted_under_load() {
+    let mut scenario = Scenario::start(Shape {
+        broker: Broker::Nats,
+        ordered: true,
+        source: Source::Mysql,
+    })
+    .await;
+    for _ in 0..3 {
+        tokio::time::sleep(pause()).await;
+        scenario.relay.kill_and_restart().await;
+    }
+    tokio::time::sleep(pause()).await;
+    scenario.mysql_down(Duration::from_secs(2)).await;
+    tokio::time::sleep(pause()).await;
+    scenario
+        .finish(
+            "MySQL outbox",
+            "relay SIGKILLed 3 times, MariaDB down 2 s, under load",
+        )
+        .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sink_down_for_a_stretch_then_back() {
     let scenario = Scenario::start(Shape {
         broker: Broker::Nats,
         ordered: true,
+        source: Source::Postgres,
     })
     .await;
     tokio::time::sleep(pause()).await;
@@ -337,6 +370,7 @@ async fn database_unreachable_for_longer_than_every_retry_cap() {
     let mut scenario = Scenario::start(Shape {
         broker: Broker::Nats,
         ordered: true,
+        source: Source::Postgres,
     })
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -356,6 +390,7 @@ async fn slow_sink_holds_the_concurrency_limit_and_bounded_memory() {
     let scenario = Scenario::start(Shape {
         broker: Broker::Nats,
         ordered: false,
+        source: Source::Postgres,
     })
     .await;
     scenario.service.set_delay(Duration::from_millis(1500));
@@ -415,6 +450,7 @@ async fn soak_with_random_faults() {
     let mut scenario = Scenario::start(Shape {
         broker: Broker::Nats,
         ordered: true,
+        source: Source::Postgres,
     })
     .await;
     let until = Instant::now() + Duration::from_secs(seconds);

@@ -32,7 +32,8 @@ pub struct Counts {
 }
 
 impl Counts {
-    pub async fn read(pool: &PgPool, outbox: &str) -> Result<Self, sqlx::Error> {
+    /// Everything but `outbox_pending`, which the world counts where the outbox is.
+    pub async fn read(pool: &PgPool) -> Result<Self, sqlx::Error> {
         let count = |sql: String| async move {
             sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql))
                 .fetch_one(pool)
@@ -66,7 +67,7 @@ impl Counts {
                  FROM {LEDGER}) effects WHERE prev IS NOT NULL AND n < prev"
             ))
             .await?,
-            outbox_pending: count(format!("SELECT COUNT(*) FROM {outbox}")).await?,
+            outbox_pending: 0,
         })
     }
 

@@ -1,5 +1,6 @@
-//! One scenario's world, isolated from every other: a PostgreSQL cluster (initdb) and a
-//! nats-server of its own on free ports; the pipeline's manifests resolved into relay and consumer
+//! One scenario's world, isolated from every other: a PostgreSQL cluster (initdb), a broker
+//! server and, when the orders service's database is MySQL, a MariaDB server of its own, on
+//! free ports; the pipeline's manifests resolved into relay and consumer
 //! configs exactly as `ferry run` and the operator resolve them; the relay and the consumer as
 //! real `ferry relay` and `ferry consumer` child processes that can be killed and restarted;
 //! and the orders service committing a steady load.
@@ -13,13 +14,17 @@ use ferry::{
     standalone::{self, WorkloadConfig},
 };
 use serde_json::{Value, json};
-use sqlx::{PgPool, postgres::PgPoolOptions};
+use sqlx::{MySqlPool, PgPool, mysql::MySqlPoolOptions, postgres::PgPoolOptions};
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 
+use crate::checker::Counts;
 use crate::support::{
     free_port,
-    servers::{PrivateNats, PrivateRedis, postgres::PrivatePostgres, rabbitmq::PrivateRabbitMq},
+    servers::{
+        PrivateNats, PrivateRedis, mariadb::PrivateMariadb, postgres::PrivatePostgres,
+        rabbitmq::PrivateRabbitMq,
+    },
 };
 
 /// The password in the database URL the workloads are given (the private cluster trusts every
@@ -44,12 +49,30 @@ pub enum Broker {
     Sql,
 }
 
+/// Where the orders service commits its orders with their outbox rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// The scenario's PostgreSQL, which also holds everything else.
+    Postgres,
+    /// A MariaDB server of the scenario's own; the idempotency store, the dead letters and the
+    /// receiving service stay in PostgreSQL.
+    Mysql,
+}
+
 /// What a scenario varies.
 #[derive(Clone, Copy, Debug)]
 pub struct Shape {
     pub broker: Broker,
     /// The Consumer's `ordering`: per key, or none.
     pub ordered: bool,
+    pub source: Source,
+}
+
+/// The orders service's database: its orders and its outbox.
+#[derive(Clone)]
+pub enum SourcePool {
+    Postgres(PgPool),
+    Mysql(MySqlPool),
 }
 
 /// The scenario's broker server.
@@ -112,7 +135,11 @@ impl BrokerServer {
 pub struct World {
     pub postgres: PrivatePostgres,
     pub broker: BrokerServer,
+    /// The scenario's PostgreSQL: everything but a MySQL source's orders and outbox.
     pub pool: PgPool,
+    /// The MariaDB server of a MySQL source.
+    pub mariadb: Option<PrivateMariadb>,
+    pub source: SourcePool,
     pub relay: RelayConfig,
     pub consumer: ConsumerConfig,
     dir: tempfile::TempDir,
@@ -129,6 +156,8 @@ impl World {
             .connect(&postgres.url())
             .await
             .expect("connect to the private PostgreSQL");
+        // With a MySQL source the checker copies the orders here, to compare them with the
+        // service's ledger and the dead letters in one database.
         for statement in [
             format!(
                 "CREATE TABLE {ORDERS} (seq BIGSERIAL PRIMARY KEY, key TEXT NOT NULL, n INT NOT NULL, \
@@ -149,18 +178,32 @@ impl World {
                 .await
                 .expect("create the scenario's tables");
         }
-        ferry::outbox::migrate::migrate(
-            ferry::api::DatabaseEngine::Postgres,
-            &postgres.url(),
-            OUTBOX,
-        )
-        .await
-        .expect("migrate the outbox");
-
         let secret_url = postgres
             .url()
             .replace("postgres@", &format!("postgres:{SECRET}@"));
-        let documents: Vec<Document> = manifests(&secret_url, &broker.url(), sink_url, shape)
+        let (mariadb, source, source_url) = match shape.source {
+            Source::Postgres => {
+                ferry::outbox::migrate::migrate(
+                    ferry::api::DatabaseEngine::Postgres,
+                    &postgres.url(),
+                    OUTBOX,
+                )
+                .await
+                .expect("migrate the outbox");
+                (None, SourcePool::Postgres(pool.clone()), None)
+            }
+            Source::Mysql => {
+                let (mariadb, pool, url) = launch_mysql_source().await;
+                (Some(mariadb), SourcePool::Mysql(pool), Some(url))
+            }
+        };
+        let urls = Urls {
+            database: &secret_url,
+            source: source_url.as_deref(),
+            broker: &broker.url(),
+            sink: sink_url,
+        };
+        let documents: Vec<Document> = manifests(&urls, shape)
             .into_iter()
             .enumerate()
             .map(|(index, value)| Document {
@@ -188,6 +231,8 @@ impl World {
             postgres,
             broker,
             pool,
+            mariadb,
+            source,
             relay,
             consumer,
             dir: tempfile::tempdir().expect("a temporary folder"),
@@ -213,19 +258,116 @@ impl World {
         )
         .await
     }
+
+    /// The checker's counts: with a MySQL source its orders are first copied into PostgreSQL,
+    /// and the outbox is counted where it is.
+    pub async fn counts(&self) -> Result<Counts, sqlx::Error> {
+        let mut counts = match &self.source {
+            SourcePool::Postgres(_) => Counts::read(&self.pool).await?,
+            SourcePool::Mysql(source) => {
+                // Every order, every time: a copy by "seq above the last one" could miss an
+                // order whose AUTO_INCREMENT value was taken before a later one's commit.
+                let orders: Vec<(i64, String, i32, String, bool)> =
+                    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                        "SELECT seq, `key`, n, event_id, poison FROM {ORDERS}"
+                    )))
+                    .fetch_all(source)
+                    .await?;
+                let (mut seqs, mut keys, mut ns, mut ids, mut poison) =
+                    (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+                for (seq, key, n, id, refused) in orders {
+                    seqs.push(seq);
+                    keys.push(key);
+                    ns.push(n);
+                    ids.push(id);
+                    poison.push(refused);
+                }
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "INSERT INTO {ORDERS} (seq, key, n, event_id, poison) \
+                     SELECT * FROM unnest($1::bigint[], $2::text[], $3::int[], $4::text[], $5::bool[]) \
+                     ON CONFLICT (seq) DO NOTHING"
+                )))
+                .bind(seqs)
+                .bind(keys)
+                .bind(ns)
+                .bind(ids)
+                .bind(poison)
+                .execute(&self.pool)
+                .await?;
+                Counts::read(&self.pool).await?
+            }
+        };
+        let pending = format!("SELECT COUNT(*) FROM {OUTBOX}");
+        counts.outbox_pending = match &self.source {
+            SourcePool::Postgres(pool) => {
+                sqlx::query_scalar(sqlx::AssertSqlSafe(pending))
+                    .fetch_one(pool)
+                    .await?
+            }
+            SourcePool::Mysql(pool) => {
+                sqlx::query_scalar(sqlx::AssertSqlSafe(pending))
+                    .fetch_one(pool)
+                    .await?
+            }
+        };
+        Ok(counts)
+    }
+}
+
+/// A private MariaDB with the orders table and the outbox, and a URL with a password for the
+/// relay.
+async fn launch_mysql_source() -> (PrivateMariadb, MySqlPool, String) {
+    let mariadb = PrivateMariadb::launch().await.expect("a private MariaDB");
+    let url = mariadb
+        .user("ferry", SECRET)
+        .await
+        .expect("a MariaDB user for the relay");
+    let pool = MySqlPoolOptions::new()
+        .max_connections(2)
+        .connect(&mariadb.url())
+        .await
+        .expect("connect to the private MariaDB");
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "CREATE TABLE {ORDERS} (seq BIGINT AUTO_INCREMENT PRIMARY KEY, `key` VARCHAR(64) NOT NULL, \
+         n INT NOT NULL, event_id VARCHAR(64) NOT NULL, poison BOOLEAN NOT NULL)"
+    )))
+    .execute(&pool)
+    .await
+    .expect("create the orders table in MariaDB");
+    ferry::outbox::migrate::migrate(ferry::api::DatabaseEngine::Mysql, &mariadb.url(), OUTBOX)
+        .await
+        .expect("migrate the MySQL outbox");
+    (mariadb, pool, url)
 }
 
 fn loopback_port() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], free_port().expect("a free port")))
 }
 
+/// Where everything is, as the Secrets give it.
+struct Urls<'a> {
+    /// The scenario's PostgreSQL, with the password.
+    database: &'a str,
+    /// A MySQL source's database, with the password.
+    source: Option<&'a str>,
+    broker: &'a str,
+    sink: &'a str,
+}
+
 /// The pipeline as a user writes it, in the namespace `reliability`.
-fn manifests(database: &str, broker: &str, sink_url: &str, shape: Shape) -> Vec<Value> {
+fn manifests(urls: &Urls<'_>, shape: Shape) -> Vec<Value> {
     let meta = |name: &str| json!({"name": name});
     let db = |table: &str| json!({"engine": "postgres", "connection": {"secretRef": {"name": "db"}}, "table": table});
-    vec![
-        json!({"apiVersion": "v1", "kind": "Secret", "metadata": meta("db"), "stringData": {"url": database}}),
-        json!({"apiVersion": "v1", "kind": "Secret", "metadata": meta("broker"), "stringData": {"url": broker}}),
+    let (source, notify) = match urls.source {
+        Some(_) => (
+            json!({"engine": "mysql", "connection": {"secretRef": {"name": "source-db"}}, "table": OUTBOX}),
+            false,
+        ),
+        None => (db(OUTBOX), true),
+    };
+    let mut documents = vec![
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": meta("db"), "stringData": {"url": urls.database}}),
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": meta("broker"), "stringData": {"url": urls.broker}}),
         json!({
             "apiVersion": "ferry.dev/v1alpha1", "kind": "BrokerTopic", "metadata": meta("orders"),
             "spec": match shape.broker {
@@ -266,8 +408,8 @@ fn manifests(database: &str, broker: &str, sink_url: &str, shape: Shape) -> Vec<
         json!({
             "apiVersion": "ferry.dev/v1alpha1", "kind": "OutboxSource", "metadata": meta("orders"),
             "spec": {
-                "database": db(OUTBOX),
-                "capture": {"pollInterval": "200ms", "batchSize": 100, "notify": true,
+                "database": source,
+                "capture": {"pollInterval": "200ms", "batchSize": 100, "notify": notify,
                             "maxMessageBytes": MAX_MESSAGE_BYTES},
                 "ordering": "PerKey",
                 "cleanup": {"mode": "Delete"},
@@ -280,7 +422,7 @@ fn manifests(database: &str, broker: &str, sink_url: &str, shape: Shape) -> Vec<
             "apiVersion": "ferry.dev/v1alpha1", "kind": "Consumer", "metadata": meta("service"),
             "spec": {
                 "topicRef": {"name": "orders"},
-                "sink": {"url": sink_url, "timeout": "5s"},
+                "sink": {"url": urls.sink, "timeout": "5s"},
                 "concurrency": 8,
                 "ordering": if shape.ordered { "PerKey" } else { "None" },
                 "idempotency": {"database": db("ferry_processed"), "window": "24h"},
@@ -288,7 +430,11 @@ fn manifests(database: &str, broker: &str, sink_url: &str, shape: Shape) -> Vec<
                 "deadLetterQueueRef": {"name": "dead-letters"},
             },
         }),
-    ]
+    ];
+    if let Some(url) = urls.source {
+        documents.push(json!({"apiVersion": "v1", "kind": "Secret", "metadata": meta("source-db"), "stringData": {"url": url}}));
+    }
+    documents
 }
 
 /// `ferry relay` or `ferry consumer` as a child process.
@@ -446,7 +592,7 @@ pub struct Load {
 }
 
 impl Load {
-    pub fn start(pool: PgPool, keys: usize, interval: Duration, poison_every: u64) -> Self {
+    pub fn start(pool: SourcePool, keys: usize, interval: Duration, poison_every: u64) -> Self {
         let stop = CancellationToken::new();
         let stopped = stop.clone();
         let task = tokio::spawn(async move {
@@ -479,7 +625,7 @@ impl Load {
     }
 }
 
-async fn commit(pool: &PgPool, key: &str, n: i32, row: Row) -> Result<(), sqlx::Error> {
+async fn commit(pool: &SourcePool, key: &str, n: i32, row: Row) -> Result<(), sqlx::Error> {
     let poison = row != Row::Good;
     let aggregate = if row == Row::Unroutable {
         "Unknown"
@@ -494,16 +640,34 @@ async fn commit(pool: &PgPool, key: &str, n: i32, row: Row) -> Result<(), sqlx::
     let payload = json!({"key": key, "n": n, "poison": row == Row::Poison, "padding": padding});
     let event = NewEvent::json(aggregate, key, "order.created", &payload)
         .map_err(|error| sqlx::Error::Encode(Box::new(error)))?;
-    let mut tx = pool.begin().await?;
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO {ORDERS} (key, n, event_id, poison) VALUES ($1, $2, $3, $4)"
-    )))
-    .bind(key)
-    .bind(n)
-    .bind(event.id.to_string())
-    .bind(poison)
-    .execute(&mut *tx)
-    .await?;
-    enqueue(&mut *tx, OUTBOX, &event).await?;
-    tx.commit().await
+    match pool {
+        SourcePool::Postgres(pool) => {
+            let mut tx = pool.begin().await?;
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "INSERT INTO {ORDERS} (key, n, event_id, poison) VALUES ($1, $2, $3, $4)"
+            )))
+            .bind(key)
+            .bind(n)
+            .bind(event.id.to_string())
+            .bind(poison)
+            .execute(&mut *tx)
+            .await?;
+            enqueue(&mut *tx, OUTBOX, &event).await?;
+            tx.commit().await
+        }
+        SourcePool::Mysql(pool) => {
+            let mut tx = pool.begin().await?;
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "INSERT INTO {ORDERS} (`key`, n, event_id, poison) VALUES (?, ?, ?, ?)"
+            )))
+            .bind(key)
+            .bind(n)
+            .bind(event.id.to_string())
+            .bind(poison)
+            .execute(&mut *tx)
+            .await?;
+            enqueue(&mut *tx, OUTBOX, &event).await?;
+            tx.commit().await
+        }
+    }
 }

@@ -20,8 +20,10 @@ use tokio::{
 
 use super::{TempDir, free_port};
 
+pub mod mariadb;
 pub mod postgres;
 pub mod rabbitmq;
+pub mod tls;
 
 /// Generous: RabbitMQ boots in several seconds on a loaded two-core machine.
 const START_DEADLINE: Duration = Duration::from_secs(90);
@@ -258,17 +260,25 @@ impl PrivateRedis {
 /// A private NATS server with JetStream, its store in the temp dir.
 pub struct PrivateNats {
     port: u16,
+    options: Vec<String>,
     process: Supervised,
     dir: TempDir,
 }
 
 impl PrivateNats {
     pub async fn launch() -> Result<Self, ServerError> {
+        Self::launch_with_options(&[]).await
+    }
+
+    /// A server with extra command-line options, kept for restarts: for example TLS required
+    /// of every client (`--tls --tlscert <file> --tlskey <file>`) or a user (`--user`, `--pass`).
+    pub async fn launch_with_options(options: &[&str]) -> Result<Self, ServerError> {
         let dir = temp_dir("nats")?;
         let log = dir.path().join("nats.log");
         let port = port_or_error("nats", &log)?;
         let mut nats = Self {
             port,
+            options: options.iter().map(|&option| option.to_owned()).collect(),
             process: Supervised::new("nats", log),
             dir,
         };
@@ -296,7 +306,8 @@ impl PrivateNats {
                 "-js",
                 "-sd",
             ])
-            .arg(self.dir.path().join("jetstream"));
+            .arg(self.dir.path().join("jetstream"))
+            .args(&self.options);
         self.process.start(command, self.port).await
     }
 
