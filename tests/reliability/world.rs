@@ -568,14 +568,19 @@ enum Row {
     Unroutable,
     /// Larger than `maxMessageBytes`: the relay dead-letters it.
     Oversized,
+    /// A payload that is not JSON: the relay dead-letters it. Only where the outbox column is
+    /// text (MySQL); PostgreSQL's `jsonb` refuses it at the producer's INSERT.
+    NotJson,
 }
 
 impl Row {
-    /// Every `poison_every`-th row is poison, and two rows in each 250 are malformed.
-    fn of(number: u64, poison_every: u64) -> Self {
+    /// Every `poison_every`-th row is poison, and two rows in each 250 are malformed (three
+    /// with `text_payloads`).
+    fn of(number: u64, poison_every: u64, text_payloads: bool) -> Self {
         match number % 250 {
             124 => Self::Unroutable,
             249 => Self::Oversized,
+            187 if text_payloads => Self::NotJson,
             _ if poison_every > 0 && number % poison_every == poison_every - 1 => Self::Poison,
             _ => Self::Good,
         }
@@ -607,7 +612,11 @@ impl Load {
                 let index = (committed as usize) % keys;
                 let key = format!("key-{index}");
                 let n = next[index];
-                let row = Row::of(committed, poison_every);
+                let row = Row::of(
+                    committed,
+                    poison_every,
+                    matches!(pool, SourcePool::Mysql(_)),
+                );
                 if commit(&pool, &key, n, row).await.is_ok() {
                     next[index] += 1;
                     committed += 1;
@@ -638,8 +647,11 @@ async fn commit(pool: &SourcePool, key: &str, n: i32, row: Row) -> Result<(), sq
         String::new()
     };
     let payload = json!({"key": key, "n": n, "poison": row == Row::Poison, "padding": padding});
-    let event = NewEvent::json(aggregate, key, "order.created", &payload)
+    let mut event = NewEvent::json(aggregate, key, "order.created", &payload)
         .map_err(|error| sqlx::Error::Encode(Box::new(error)))?;
+    if row == Row::NotJson {
+        event.payload = format!("{{\"key\": \"{key}\", \"n\": {n}, truncated");
+    }
     match pool {
         SourcePool::Postgres(pool) => {
             let mut tx = pool.begin().await?;
