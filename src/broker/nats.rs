@@ -3,7 +3,7 @@
 use std::{collections::VecDeque, time::Duration};
 
 use async_nats::{
-    Client, ConnectOptions, HeaderMap, HeaderName, HeaderValue,
+    Client, ConnectOptions, HeaderMap, HeaderName, HeaderValue, ServerAddr,
     connection::State,
     header::NATS_MESSAGE_ID,
     jetstream::{
@@ -237,7 +237,7 @@ async fn open(
     url: &str,
     name: &str,
 ) -> Result<(Client, jetstream::Context), BrokerError> {
-    let client = ConnectOptions::new()
+    let client = with_url_credentials(ConnectOptions::new(), url)
         .name(name)
         .connection_timeout(PUBLISH_TIMEOUT)
         .connect(url)
@@ -255,6 +255,40 @@ async fn open(
         .backpressure_on_inflight(false)
         .build(client.clone());
     Ok((client, jetstream))
+}
+
+/// Credentials written into a server URL.
+#[derive(Debug, PartialEq, Eq)]
+enum UrlCredentials {
+    UserPassword(String, String),
+    Token(String),
+}
+
+/// The credentials in the server URL, which async-nats does not send by itself
+/// (nats-io/nats.rs#1623): `user:password@` is a user and password, a lone `token@` a token, as
+/// in NATS's other clients. Both are percent-decoded, so a password may hold any character.
+fn url_credentials(url: &str) -> Option<UrlCredentials> {
+    // A malformed URL has none; connecting reports it.
+    let server = url.parse::<ServerAddr>().ok()?;
+    let decoded = |text: &str| {
+        percent_encoding::percent_decode_str(text)
+            .decode_utf8_lossy()
+            .into_owned()
+    };
+    Some(match (server.username()?, server.password()) {
+        (user, Some(password)) => UrlCredentials::UserPassword(decoded(user), decoded(password)),
+        (token, None) => UrlCredentials::Token(decoded(token)),
+    })
+}
+
+fn with_url_credentials(options: ConnectOptions, url: &str) -> ConnectOptions {
+    match url_credentials(url) {
+        Some(UrlCredentials::UserPassword(user, password)) => {
+            options.user_and_password(user, password)
+        }
+        Some(UrlCredentials::Token(token)) => options.token(token),
+        None => options,
+    }
 }
 
 /// The headers of a message, or why it cannot be sent: every envelope header, then
@@ -332,6 +366,23 @@ mod tests {
                 .collect(),
             body: bytes::Bytes::from(body.to_owned()),
         }
+    }
+
+    #[test]
+    fn credentials_in_the_url_are_a_user_and_password_or_a_token() {
+        assert_eq!(
+            url_credentials("tls://relay:p%40ss%3Aw0rd@nats.example:4222"),
+            Some(UrlCredentials::UserPassword(
+                "relay".into(),
+                "p@ss:w0rd".into()
+            ))
+        );
+        assert_eq!(
+            url_credentials("nats://s3cr3t@nats.example"),
+            Some(UrlCredentials::Token("s3cr3t".into()))
+        );
+        assert_eq!(url_credentials("nats://nats.example:4222"), None);
+        assert_eq!(url_credentials("http://user:pass@nats.example"), None);
     }
 
     #[test]

@@ -4,8 +4,18 @@ use std::{path::PathBuf, process::Stdio};
 
 use tokio::process::Command;
 
-use super::{START_DEADLINE, STOP_DEADLINE, ServerError, accepts, port_or_error, temp_dir};
+use super::{
+    START_DEADLINE, STOP_DEADLINE, ServerError, accepts, port_or_error, temp_dir, tls::ServerTls,
+};
 use crate::support::TempDir;
+
+/// Loopback TCP clients must use TLS; the Unix socket, which the helper's own commands could
+/// use, stays open without it.
+const TLS_ONLY_HBA: &str = "\
+local all all trust
+hostssl all all 127.0.0.1/32 trust
+hostnossl all all 127.0.0.1/32 reject
+";
 
 /// A private PostgreSQL cluster with trust authentication and a database `ferry`. PostgreSQL
 /// refuses to run as root, so when the tests run as root its commands run as the `postgres`
@@ -20,6 +30,16 @@ pub struct PrivatePostgres {
 
 impl PrivatePostgres {
     pub async fn launch() -> Result<Self, ServerError> {
+        Self::launch_with(None).await
+    }
+
+    /// A cluster that accepts TCP clients only over TLS (`ssl = on` with `tls`'s certificate,
+    /// and `hostnossl` connections rejected by `pg_hba.conf`).
+    pub async fn launch_with_tls(tls: &ServerTls) -> Result<Self, ServerError> {
+        Self::launch_with(Some(tls)).await
+    }
+
+    async fn launch_with(tls: Option<&ServerTls>) -> Result<Self, ServerError> {
         let dir = temp_dir("postgres")?;
         let log = dir.path().join("postgres.log");
         let error = |message: String| ServerError::new("postgres", &log, message);
@@ -69,6 +89,9 @@ impl PrivatePostgres {
                 ],
             )
             .await?;
+        if let Some(tls) = tls {
+            postgres.require_tls(tls).await?;
+        }
         postgres.start().await?;
         let port = port.to_string();
         postgres
@@ -78,6 +101,49 @@ impl PrivatePostgres {
             )
             .await?;
         Ok(postgres)
+    }
+
+    /// Copies the certificate and key into the data directory, where the server finds them
+    /// with relative paths and may read them: it refuses a key that others can read, and when
+    /// the tests run as root it runs as another user.
+    async fn require_tls(&self, tls: &ServerTls) -> Result<(), ServerError> {
+        use std::os::unix::fs::PermissionsExt;
+        let data = PathBuf::from(self.data());
+        let error = |message: String| ServerError::new("postgres", &self.log, message);
+        let copy = |from: &PathBuf, to: &str| {
+            std::fs::copy(from, data.join(to)).map_err(|e| {
+                error(format!(
+                    "cannot copy {} into the cluster: {e}",
+                    from.display()
+                ))
+            })
+        };
+        copy(&tls.cert, "server.crt")?;
+        copy(&tls.key, "server.key")?;
+        std::fs::set_permissions(
+            data.join("server.key"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .map_err(|e| error(format!("cannot restrict server.key: {e}")))?;
+        if let Some(user) = self.run_as {
+            let chown = Command::new("chown")
+                .arg(format!("{user}:"))
+                .args([data.join("server.crt"), data.join("server.key")])
+                .status()
+                .await;
+            if !chown.is_ok_and(|status| status.success()) {
+                return Err(error(format!(
+                    "cannot give the certificate to the {user} user"
+                )));
+            }
+        }
+        let settings = "ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n";
+        let configured = std::fs::OpenOptions::new()
+            .append(true)
+            .open(data.join("postgresql.conf"))
+            .and_then(|mut file| std::io::Write::write_all(&mut file, settings.as_bytes()))
+            .and_then(|()| std::fs::write(data.join("pg_hba.conf"), TLS_ONLY_HBA));
+        configured.map_err(|e| error(format!("cannot configure TLS: {e}")))
     }
 
     /// The database `ferry` as the `postgres` superuser.

@@ -2,9 +2,15 @@
 
 use std::path::Path;
 
-use tokio::process::Command;
+use tokio::{
+    process::Command,
+    time::{Instant, sleep},
+};
 
-use super::{ServerError, Supervised, port_or_error, temp_dir};
+use super::{
+    POLL_INTERVAL, START_DEADLINE, ServerError, Supervised, accepts, port_or_error, temp_dir,
+    tls::ServerTls,
+};
 use crate::support::TempDir;
 
 /// A private RabbitMQ node with its own name, ports, cookie (`HOME`), configuration, data and
@@ -16,6 +22,8 @@ use crate::support::TempDir;
 /// wrappers switch to the `rabbitmq` user, whose cookie and files belong to the shared node.
 pub struct PrivateRabbitMq {
     port: u16,
+    /// The TLS listener's port, when there is one.
+    tls_port: Option<u16>,
     dist_port: u16,
     node: String,
     process: Supervised,
@@ -31,14 +39,42 @@ impl PrivateRabbitMq {
 
     /// A node with extra lines in its `rabbitmq.conf` (e.g. `max_message_size = 4096`).
     pub async fn launch_with_config(extra: &str) -> Result<Self, ServerError> {
+        Self::launch_with(None, extra).await
+    }
+
+    /// A node that also listens for AMQP over TLS (`amqps://`) on `tls_port()`, presenting
+    /// `tls`'s certificate and asking clients for none; `extra` as in `launch_with_config`.
+    pub async fn launch_with_tls(tls: &ServerTls, extra: &str) -> Result<Self, ServerError> {
+        Self::launch_with(Some(tls), extra).await
+    }
+
+    async fn launch_with(tls: Option<&ServerTls>, extra: &str) -> Result<Self, ServerError> {
         let dir = temp_dir("rabbitmq")?;
         let log = dir.path().join("rabbitmq.log");
-        let port = port_or_error("rabbitmq", &log)?;
-        let mut dist_port = port_or_error("rabbitmq", &log)?;
+        let mut ports = Vec::new();
         // The kernel may hand out the same free port twice in a row.
-        while dist_port == port {
-            dist_port = port_or_error("rabbitmq", &log)?;
+        while ports.len() < 3 {
+            let port = port_or_error("rabbitmq", &log)?;
+            if !ports.contains(&port) {
+                ports.push(port);
+            }
         }
+        let (port, dist_port) = (ports[0], ports[1]);
+        let tls_port = tls.map(|_| ports[2]);
+        let listener = match (tls, tls_port) {
+            (Some(tls), Some(tls_port)) => format!(
+                "listeners.ssl.default = {tls_port}\n\
+                 ssl_options.cacertfile = {}\n\
+                 ssl_options.certfile = {}\n\
+                 ssl_options.keyfile = {}\n\
+                 ssl_options.verify = verify_none\n\
+                 ssl_options.fail_if_no_peer_cert = false\n",
+                tls.ca.display(),
+                tls.cert.display(),
+                tls.key.display()
+            ),
+            _ => String::new(),
+        };
         let files = [
             ("home/.keep", ""),
             // Our own (empty) env file and config: the machine's set the shared node's name and
@@ -46,7 +82,7 @@ impl PrivateRabbitMq {
             ("rabbitmq-env.conf", ""),
             (
                 "rabbitmq.conf",
-                &format!("log.console = true\nlog.file = false\n{extra}\n"),
+                &format!("log.console = true\nlog.file = false\n{listener}{extra}\n"),
             ),
             ("enabled_plugins", "[].\n"),
         ];
@@ -67,6 +103,7 @@ impl PrivateRabbitMq {
         let node = format!("ferry-test-{port}@localhost");
         let mut rabbitmq = Self {
             port,
+            tls_port,
             dist_port,
             node,
             process: Supervised::new("rabbitmq", log),
@@ -82,6 +119,11 @@ impl PrivateRabbitMq {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The TLS listener's port; `None` unless launched with TLS.
+    pub fn tls_port(&self) -> Option<u16> {
+        self.tls_port
     }
 
     pub fn node(&self) -> &str {
@@ -119,7 +161,21 @@ impl PrivateRabbitMq {
                 .error(format!("no rabbitmq-server in {RABBITMQ_BIN}")));
         }
         let command = self.command("rabbitmq-server");
-        self.process.start(command, self.port).await
+        self.process.start(command, self.port).await?;
+        // The TLS listener opens just after the plain one; a client let in between would be
+        // refused a connection rather than shown a certificate.
+        if let Some(tls_port) = self.tls_port {
+            let deadline = Instant::now() + START_DEADLINE;
+            while !accepts(tls_port).await {
+                if Instant::now() > deadline {
+                    return Err(self.process.error(format!(
+                        "TLS port {tls_port} not accepting after {START_DEADLINE:?}"
+                    )));
+                }
+                sleep(POLL_INTERVAL).await;
+            }
+        }
+        Ok(())
     }
 
     /// `rabbitmqctl stop`: the node syncs its message store and halts.
