@@ -19,4 +19,5 @@ pub mod relay;
 pub mod retry;
 pub mod standalone;
 pub mod telemetry;
+pub mod transactional;
 pub mod validate;

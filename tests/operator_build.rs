@@ -460,3 +460,76 @@ fn relay_and_consumer_of_the_same_name_get_different_children() {
     assert_eq!(consumer.child_name(), "app-consumer");
     assert_ne!(relay.selector_labels(), consumer.selector_labels());
 }
+
+#[test]
+fn transactional_messages_add_the_api_port_and_the_token_variable_and_nothing_otherwise() {
+    let mut catalog = examples();
+    let without = relay_children(&catalog, "shop", "orders");
+    let mut orders = source(&catalog, "shop", "orders").clone();
+    orders.spec.transactional_messages = Some(
+        serde_json::from_value(serde_json::json!({
+            "enabled": true,
+            "port": 8081,
+            "tokenSecretRef": {"name": "orders-api", "key": "token"},
+            "checkBack": {"url": "http://orders.shop:8080/ferry/check-back"},
+        }))
+        .expect("a transactionalMessages section"),
+    );
+    catalog.add_outbox_source(orders.clone());
+    let with = relay_children(&catalog, "shop", "orders");
+
+    let ports = |children: &ferry::operator::build::Children| {
+        let container: Vec<(String, i32)> = pod(children).containers[0]
+            .ports
+            .iter()
+            .flatten()
+            .map(|port| (port.name.clone().unwrap_or_default(), port.container_port))
+            .collect();
+        let service: Vec<(String, i32)> = children
+            .service
+            .spec
+            .iter()
+            .flat_map(|spec| spec.ports.iter().flatten())
+            .map(|port| (port.name.clone().unwrap_or_default(), port.port))
+            .collect();
+        (container, service)
+    };
+    assert_eq!(ports(&without).0, [("http".to_owned(), 8080)]);
+    assert_eq!(
+        ports(&with),
+        (
+            vec![("http".to_owned(), 8080), ("tx-api".to_owned(), 8081)],
+            vec![("http".to_owned(), 8080), ("tx-api".to_owned(), 8081)]
+        )
+    );
+    let env = pod(&with).containers[0].env.clone().unwrap_or_default();
+    let token = env
+        .iter()
+        .find(|var| var.name == "FERRY_SECRET_ORDERS_API_TOKEN")
+        .and_then(|var| var.value_from.as_ref())
+        .and_then(|from| from.secret_key_ref.as_ref())
+        .expect("the token comes from its Secret key");
+    assert_eq!(
+        (token.name.as_str(), token.key.as_str()),
+        ("orders-api", "token")
+    );
+    let config = config_yaml(&with);
+    assert!(
+        config.contains("env: FERRY_SECRET_ORDERS_API_TOKEN")
+            && config.contains("checkBackUrl: http://orders.shop:8080/ferry/check-back"),
+        "{config}"
+    );
+
+    // Written but not enabled: the relay is what it was without it.
+    orders
+        .spec
+        .transactional_messages
+        .as_mut()
+        .expect("set above")
+        .enabled = false;
+    catalog.add_outbox_source(orders);
+    assert_eq!(
+        config_yaml(&relay_children(&catalog, "shop", "orders")),
+        config_yaml(&without)
+    );
+}

@@ -66,6 +66,7 @@ pub const DEFAULT_OUTBOX_TABLE: &str = "ferry_outbox";
 #[x_kube(validation = Rule::new("!has(self.capture) || !has(self.capture.notify) || !self.capture.notify || self.database.engine == 'postgres'").message("capture.notify needs a postgres database: other engines have no notifications").field_path(".capture.notify"))]
 #[x_kube(validation = Rule::new("self.database.engine != 'sqlite' || !has(self.relay) || self.relay.replicas <= 1").message("a sqlite outbox has one writer at a time: relay.replicas must be 0 or 1").field_path(".relay.replicas"))]
 #[x_kube(validation = Rule::new("!has(self.lag) || !has(self.lag.maxAge) || duration(self.lag.maxAge) > duration('0s')").message("lag.maxAge must be greater than zero").field_path(".lag.maxAge"))]
+#[x_kube(validation = Rule::new("!has(self.transactionalMessages) || !self.transactionalMessages.enabled || self.database.engine == 'postgres'").message("transactionalMessages needs a postgres database for now: the half-message table exists only there").field_path(".transactionalMessages.enabled"))]
 pub struct OutboxSourceSpec {
     /// The database that holds the outbox table.
     pub database: OutboxDatabase,
@@ -101,6 +102,72 @@ pub struct OutboxSourceSpec {
     /// Stop publishing: the relay is scaled to zero and rows wait in the outbox.
     #[serde(default)]
     pub suspend: bool,
+    /// Transactional ("half") messages, for services that cannot write the outbox table: the
+    /// relay serves an API to prepare a message, then commit or roll it back, and checks back
+    /// with the producer when neither comes. Off unless `enabled`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transactional_messages: Option<TransactionalMessages>,
+}
+
+/// See `OutboxSource.spec.transactionalMessages`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(validation = Rule::new("duration(self.checkBack.firstCheckDelay) > duration('0s') && duration(self.checkBack.interval) > duration('0s') && duration(self.checkBack.timeout) > duration('0s')").message("checkBack.firstCheckDelay, interval and timeout must be greater than zero").field_path(".checkBack"))]
+pub struct TransactionalMessages {
+    /// Serve the API and run the check-back.
+    #[serde(default)]
+    pub enabled: bool,
+    /// The API's port on the relay pods (apart from the status endpoints' 8080).
+    #[serde(default = "default_transactional_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+    /// The Secret key holding the bearer token every API call must carry.
+    pub token_secret_ref: crate::api::SecretKeyRef,
+    /// Where undecided messages are checked back.
+    pub check_back: CheckBack,
+}
+
+fn default_transactional_port() -> i32 {
+    8081
+}
+
+/// How the relay asks a producer about a message it neither committed nor rolled back.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CheckBack {
+    /// The producer's endpoint: the relay POSTs `{"id": ...}` and expects
+    /// `{"status": "committed"}` or `{"status": "rolled_back"}`.
+    #[schemars(length(min = 1, max = 2048))]
+    pub url: String,
+    /// How long after preparing a message is first checked back.
+    #[serde(default = "default_first_check_delay")]
+    pub first_check_delay: Duration,
+    /// Time between checks that got no answer.
+    #[serde(default = "default_check_interval")]
+    pub interval: Duration,
+    /// Checks without an answer before the message goes to the dead-letter queue.
+    #[serde(default = "default_max_checks")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_checks: i32,
+    /// How long one check may take.
+    #[serde(default = "default_check_timeout")]
+    pub timeout: Duration,
+}
+
+fn default_first_check_delay() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_check_interval() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_max_checks() -> i32 {
+    15
+}
+
+fn default_check_timeout() -> Duration {
+    Duration::from_secs(5)
 }
 
 fn default_ordering() -> Ordering {

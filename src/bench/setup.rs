@@ -251,6 +251,7 @@ pub fn relay_config(table: &str, topic: TopicConfig, shape: &RelayShape) -> Rela
         http: HttpConfig {
             listen: shape.listen,
         },
+        transactional: None,
     }
 }
 

@@ -11,7 +11,7 @@ mod topic;
 pub use consumer::{ConsumerConfig, ConsumerIdentity, IdempotencyConfig, SinkConfig};
 pub use relay::{
     CaptureConfig, CleanupConfig, DatabaseConfig, DeadLetterConfig, HttpConfig, RelayConfig,
-    RouteConfig, SourceIdentity,
+    RouteConfig, SourceIdentity, TransactionalConfig,
 };
 pub use resolve::{env_var_for, resolve_consumer, resolve_relay, secret_from_env};
 pub use secret::{SecretError, SecretSource};

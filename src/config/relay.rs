@@ -29,15 +29,19 @@ pub struct RelayConfig {
     pub dead_letter: Option<DeadLetterConfig>,
     #[serde(default)]
     pub http: HttpConfig,
+    /// The transactional-message API and check-back, when enabled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transactional: Option<TransactionalConfig>,
 }
 
 impl RelayConfig {
     /// Every secret the relay reads (the outbox database, each topic's broker, the dead-letter
-    /// store), in that order; a source used twice is listed twice.
+    /// store, the transactional API's token), in that order; a source used twice is listed twice.
     pub fn secret_sources(&self) -> Vec<&SecretSource> {
         std::iter::once(&self.database.url)
             .chain(self.topics.values().map(|topic| &topic.url))
             .chain(self.dead_letter.iter().map(DeadLetterConfig::url))
+            .chain(self.transactional.iter().map(|api| &api.token))
             .collect()
     }
 }
@@ -145,4 +149,23 @@ impl Default for HttpConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
         }
     }
+}
+
+/// The relay's settings for transactional messages, from the OutboxSource.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TransactionalConfig {
+    /// Where the API listens (its own port, apart from the status endpoints).
+    pub listen: std::net::SocketAddr,
+    /// The bearer token every API call must carry.
+    pub token: SecretSource,
+    /// Where undecided messages are checked back.
+    pub check_back_url: String,
+    pub first_check_delay: Duration,
+    pub check_interval: Duration,
+    pub max_checks: u32,
+    /// How long one check-back call may take.
+    pub check_timeout: Duration,
+    /// The largest prepare request accepted, in bytes.
+    pub max_request_bytes: u32,
 }

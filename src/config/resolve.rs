@@ -6,7 +6,7 @@ use super::{
     consumer::{ConsumerConfig, ConsumerIdentity, IdempotencyConfig, SinkConfig},
     relay::{
         CaptureConfig, CleanupConfig, DatabaseConfig, DeadLetterConfig, HttpConfig, RelayConfig,
-        RouteConfig, SourceIdentity,
+        RouteConfig, SourceIdentity, TransactionalConfig,
     },
     secret::SecretSource,
     topic::{NatsTarget, RabbitMqTarget, RedisTarget, SqlTarget, TopicConfig, TopicTarget},
@@ -222,6 +222,23 @@ pub fn resolve_relay(
         retry,
         dead_letter,
         http: HttpConfig::default(),
+        transactional: spec
+            .transactional_messages
+            .as_ref()
+            .filter(|api| api.enabled)
+            .map(|api| TransactionalConfig {
+                listen: std::net::SocketAddr::from((
+                    [0, 0, 0, 0],
+                    api.port.clamp(1, 65_535) as u16,
+                )),
+                token: secret(&api.token_secret_ref),
+                check_back_url: api.check_back.url.clone(),
+                first_check_delay: api.check_back.first_check_delay,
+                check_interval: api.check_back.interval,
+                max_checks: api.check_back.max_checks.max(1) as u32,
+                check_timeout: api.check_back.timeout,
+                max_request_bytes: spec.capture.max_message_bytes.max(1024) as u32,
+            }),
     })
 }
 

@@ -44,6 +44,17 @@ pub async fn serve(
         .route("/metrics", get(metrics))
         .route("/status", get(status))
         .with_state(state);
+    bind_and_serve(listen, router, shutdown, "the status endpoint").await
+}
+
+/// Binds `listen` and serves `router` until `shutdown`; returns the bound address (port 0
+/// picks one). A failure after binding is logged with `what` stopped.
+pub async fn bind_and_serve(
+    listen: SocketAddr,
+    router: Router,
+    shutdown: CancellationToken,
+    what: &'static str,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let address = listener.local_addr()?;
     let task = tokio::spawn(async move {
@@ -51,7 +62,7 @@ pub async fn serve(
             .with_graceful_shutdown(shutdown.cancelled_owned())
             .await;
         if let Err(error) = served {
-            tracing::error!(%error, "the status endpoint stopped");
+            tracing::error!(%error, "{what} stopped");
         }
     });
     Ok((address, task))

@@ -199,6 +199,16 @@ async fn run_workers(shared: Arc<Shared>, shutdown: &CancellationToken) {
     if shared.config.cleanup.mode == CleanupMode::Mark {
         tokio::spawn(purge(shared.clone(), background.clone()));
     }
+    let transactional = shared.config.transactional.clone().map(|api| {
+        tokio::spawn(crate::transactional::run(
+            api,
+            shared.config.database.clone(),
+            shared.config.retry.clone(),
+            shared.dead_letters.clone(),
+            shared.config.source.origin(),
+            background.clone(),
+        ))
+    });
     let workers = if shared.store.supports_concurrent_claims() {
         shared.config.capture.workers.max(1)
     } else {
@@ -213,6 +223,9 @@ async fn run_workers(shared: Arc<Shared>, shutdown: &CancellationToken) {
         }
     }
     background.cancel();
+    if let Some(task) = transactional {
+        let _ = task.await;
+    }
     shared.publishers.close_all().await;
 }
 

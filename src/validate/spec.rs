@@ -9,12 +9,12 @@ use crate::api::{
     broker_topic::{BrokerTopicSpec, NatsTopic, RabbitMqTopic, RedisTopic, SqlTopic},
     common::{
         Connection, DatabaseEngine, DatabaseTable, LagThresholds, OBJECT_NAME_PATTERN, ObjectRef,
-        SECRET_KEY_PATTERN, TABLE_NAME_PATTERN, WorkloadSpec,
+        SECRET_KEY_PATTERN, SecretKeyRef, TABLE_NAME_PATTERN, WorkloadSpec,
     },
     consumer::{ConsumerSpec, HttpSink, Idempotency},
     dead_letter_queue::DeadLetterQueueSpec,
     duration::Duration,
-    outbox_source::{CleanupMode, OutboxSourceSpec, RouteMatch},
+    outbox_source::{CleanupMode, OutboxSourceSpec, RouteMatch, TransactionalMessages},
     retry_policy::{HTTP_STATUS_PATTERN, RetryPolicySpec},
 };
 
@@ -106,13 +106,16 @@ fn object_ref(path: &FieldPath, reference: &ObjectRef, errors: &mut Vec<FieldErr
 }
 
 fn connection(path: &FieldPath, connection: &Connection, errors: &mut Vec<FieldError>) {
-    let secret = path.child("secretRef");
+    secret_key_ref(&path.child("secretRef"), &connection.secret_ref, errors);
+}
+
+fn secret_key_ref(secret: &FieldPath, key: &SecretKeyRef, errors: &mut Vec<FieldError>) {
     let name = secret.child("name");
-    length(&name, &connection.secret_ref.name, 1, 253, errors);
-    if !connection.secret_ref.name.is_empty() {
+    length(&name, &key.name, 1, 253, errors);
+    if !key.name.is_empty() {
         matches(
             &name,
-            &connection.secret_ref.name,
+            &key.name,
             &OBJECT_NAME,
             "a valid Secret name",
             errors,
@@ -120,7 +123,7 @@ fn connection(path: &FieldPath, connection: &Connection, errors: &mut Vec<FieldE
     }
     matches(
         &secret.child("key"),
-        &connection.secret_ref.key,
+        &key.key,
         &SECRET_KEY,
         "a valid Secret key",
         errors,
@@ -303,7 +306,60 @@ impl SpecCheck for OutboxSourceSpec {
         if let Some(thresholds) = &self.lag {
             lag(&spec.child("lag"), thresholds, errors);
         }
+        if let Some(transactional) = &self.transactional_messages {
+            transactional_messages(
+                &spec.child("transactionalMessages"),
+                transactional,
+                self.database.engine,
+                errors,
+            );
+        }
     }
+}
+
+fn transactional_messages(
+    path: &FieldPath,
+    transactional: &TransactionalMessages,
+    engine: DatabaseEngine,
+    errors: &mut Vec<FieldError>,
+) {
+    if transactional.enabled && engine != DatabaseEngine::Postgres {
+        errors.push(path.child("enabled").error(format!(
+            "needs a postgres database for now: the half-message table exists only there (got {})",
+            engine.as_str()
+        )));
+    }
+    let port = path.child("port");
+    in_range(&port, transactional.port, 1, Some(65_535), errors);
+    if transactional.port == 8080 {
+        errors.push(port.error("8080 is the relay's status port; pick another"));
+    }
+    secret_key_ref(
+        &path.child("tokenSecretRef"),
+        &transactional.token_secret_ref,
+        errors,
+    );
+    let check_back = path.child("checkBack");
+    http_url(
+        &check_back.child("url"),
+        &transactional.check_back.url,
+        errors,
+    );
+    let timing = &transactional.check_back;
+    for (field, value) in [
+        ("firstCheckDelay", timing.first_check_delay),
+        ("interval", timing.interval),
+        ("timeout", timing.timeout),
+    ] {
+        positive(&check_back.child(field), value, errors);
+    }
+    in_range(
+        &check_back.child("maxChecks"),
+        transactional.check_back.max_checks,
+        1,
+        Some(1000),
+        errors,
+    );
 }
 
 fn route_match(path: &FieldPath, route: &RouteMatch, errors: &mut Vec<FieldError>) {
@@ -520,17 +576,19 @@ impl SpecCheck for ConsumerSpec {
     }
 }
 
-fn sink(path: &FieldPath, sink: &HttpSink, errors: &mut Vec<FieldError>) {
-    let url_path = path.child("url");
-    match url::Url::parse(&sink.url) {
+fn http_url(url_path: &FieldPath, text: &str, errors: &mut Vec<FieldError>) {
+    match url::Url::parse(text) {
         Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {}
         Ok(url) => errors.push(url_path.error(format!(
-            "{:?} must be an http:// or https:// URL with a host (got scheme {:?})",
-            sink.url,
+            "{text:?} must be an http:// or https:// URL with a host (got scheme {:?})",
             url.scheme()
         ))),
-        Err(error) => errors.push(url_path.error(format!("{:?} is not a URL: {error}", sink.url))),
+        Err(error) => errors.push(url_path.error(format!("{text:?} is not a URL: {error}"))),
     }
+}
+
+fn sink(path: &FieldPath, sink: &HttpSink, errors: &mut Vec<FieldError>) {
+    http_url(&path.child("url"), &sink.url, errors);
     if let Some(timeout) = sink.timeout {
         positive(&path.child("timeout"), timeout, errors);
     }

@@ -246,6 +246,7 @@ pub fn relay_config(source: &Source, topic: TopicConfig) -> RelayConfig {
         http: HttpConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         },
+        transactional: None,
     }
 }
 

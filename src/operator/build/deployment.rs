@@ -27,6 +27,8 @@ pub const CONFIG_HASH_ANNOTATION: &str = "ferry.dev/config-hash";
 pub const CONFIG_DIR: &str = "/etc/ferry";
 /// The container port (and Service port) name of the HTTP endpoints.
 pub const HTTP_PORT_NAME: &str = "http";
+/// The container port (and Service port) name of the relay's transactional-message API.
+pub const API_PORT_NAME: &str = "tx-api";
 /// The user and group the pods run as: not root, the `nonroot` user of distroless images.
 pub const RUN_AS_USER: i64 = 65532;
 
@@ -44,12 +46,17 @@ pub fn build_deployment(workload: &Workload, config_map: &ConfigMap) -> Deployme
             config_path,
         ]),
         env: Some(secret_env(workload)).filter(|env| !env.is_empty()),
-        ports: Some(vec![ContainerPort {
-            name: Some(HTTP_PORT_NAME.to_owned()),
-            container_port: i32::from(workload.http_port),
-            protocol: Some("TCP".to_owned()),
-            ..ContainerPort::default()
-        }]),
+        ports: Some(
+            std::iter::once((HTTP_PORT_NAME, workload.http_port))
+                .chain(workload.api_port.map(|port| (API_PORT_NAME, port)))
+                .map(|(name, port)| ContainerPort {
+                    name: Some(name.to_owned()),
+                    container_port: i32::from(port),
+                    protocol: Some("TCP".to_owned()),
+                    ..ContainerPort::default()
+                })
+                .collect(),
+        ),
         // Liveness: the process answers at all. Readiness: its database and broker are reachable.
         liveness_probe: Some(http_probe("/healthz", 10)),
         readiness_probe: Some(http_probe("/readyz", 5)),

@@ -25,7 +25,8 @@ use kube::Resource;
 
 pub use configmap::{CONFIG_FILE, build_config_map, config_hash};
 pub use deployment::{
-    CONFIG_DIR, CONFIG_HASH_ANNOTATION, HTTP_PORT_NAME, RUN_AS_USER, build_deployment,
+    API_PORT_NAME, CONFIG_DIR, CONFIG_HASH_ANNOTATION, HTTP_PORT_NAME, RUN_AS_USER,
+    build_deployment,
 };
 pub use names::{LABEL_MANAGED_BY, MANAGER, child_name, label_value, labels, selector_labels};
 pub use pdb::build_pdb;
@@ -129,6 +130,8 @@ pub struct Workload {
     /// The port of `/healthz`, `/readyz`, `/metrics` and `/status`, from the config's
     /// `http.listen`.
     pub http_port: u16,
+    /// The relay's transactional-message API port, when enabled.
+    pub api_port: Option<u16>,
     /// The Secret keys the pod gets as environment variables.
     pub secret_env: SecretEnv,
 }
@@ -146,7 +149,7 @@ impl Workload {
             |secret| config::resolve_relay(catalog, &namespace, &name, secret),
             RelayConfig::secret_sources,
         )?;
-        Self::new(
+        let mut workload = Self::new(
             Component::Relay,
             source,
             (namespace, name),
@@ -154,7 +157,9 @@ impl Workload {
             source.spec.suspend,
             Rendered::of(&config, config.http.listen.port(), secret_env)?,
             default_image,
-        )
+        )?;
+        workload.api_port = config.transactional.map(|api| api.listen.port());
+        Ok(workload)
     }
 
     /// The consumer workload of `consumer`, its references resolved against `catalog` (which
@@ -209,6 +214,7 @@ impl Workload {
             resources: spec.resources.clone(),
             config_yaml: rendered.yaml,
             http_port: rendered.port,
+            api_port: None,
             secret_env: rendered.secret_env,
         })
     }

@@ -1,12 +1,13 @@
 //! The ClusterIP Service in front of a workload's `/healthz`, `/readyz`, `/metrics` and
-//! `/status` port, through which the operator reads `/status` and Prometheus scrapes.
+//! `/status` port, through which the operator reads `/status` and Prometheus scrapes, and of
+//! the relay's transactional-message API port when it has one.
 
 use k8s_openapi::{
     api::core::v1::{Service, ServicePort, ServiceSpec},
     apimachinery::pkg::util::intstr::IntOrString,
 };
 
-use super::{HTTP_PORT_NAME, Workload, with_spec_hash};
+use super::{API_PORT_NAME, HTTP_PORT_NAME, Workload, with_spec_hash};
 
 pub fn build_service(workload: &Workload) -> Service {
     with_spec_hash(Service {
@@ -14,13 +15,18 @@ pub fn build_service(workload: &Workload) -> Service {
         spec: Some(ServiceSpec {
             type_: Some("ClusterIP".to_owned()),
             selector: Some(workload.selector_labels()),
-            ports: Some(vec![ServicePort {
-                name: Some(HTTP_PORT_NAME.to_owned()),
-                port: i32::from(workload.http_port),
-                target_port: Some(IntOrString::String(HTTP_PORT_NAME.to_owned())),
-                protocol: Some("TCP".to_owned()),
-                ..ServicePort::default()
-            }]),
+            ports: Some(
+                std::iter::once((HTTP_PORT_NAME, workload.http_port))
+                    .chain(workload.api_port.map(|port| (API_PORT_NAME, port)))
+                    .map(|(name, port)| ServicePort {
+                        name: Some(name.to_owned()),
+                        port: i32::from(port),
+                        target_port: Some(IntOrString::String(name.to_owned())),
+                        protocol: Some("TCP".to_owned()),
+                        ..ServicePort::default()
+                    })
+                    .collect(),
+            ),
             ..ServiceSpec::default()
         }),
         ..Service::default()

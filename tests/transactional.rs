@@ -1,0 +1,530 @@
+//! Transactional (half) messages end to end on the shared PostgreSQL and Redis: a relay with
+//! the API enabled, a producer using Ferry's helpers (marker rows in its own transaction), and
+//! a check-back endpoint in the test that answers from the markers, or fails on purpose.
+//! Redis streams keep every `XADD`, so a message published twice would show twice.
+
+mod support;
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use axum::{Json, Router, extract::State, http::StatusCode, routing::post};
+use ferry::{
+    manifest::{Document, Origin},
+    standalone::{self, WorkloadConfig},
+    transactional::producer::{self, HalfMessages, Outcome},
+};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use support::{free_port, unique_name};
+
+const POSTGRES: &str = "postgres://postgres@127.0.0.1:5432/ferry_test";
+const REDIS: &str = "redis://127.0.0.1:6379";
+const TOKEN: &str = "tx-api-t0ken-9f2";
+const MAX_CHECKS: u32 = 3;
+
+/// The producer's check-back endpoint: answers from the marker table, or 503 while `down`.
+struct CheckBackEndpoint {
+    pool: PgPool,
+    markers: String,
+    down: AtomicBool,
+}
+
+async fn answer(
+    State(endpoint): State<Arc<CheckBackEndpoint>>,
+    Json(request): Json<Value>,
+) -> Result<Json<Value>, StatusCode> {
+    if endpoint.down.load(Ordering::SeqCst) {
+        return Err(StatusCode::SERVICE_UNAVAILABLE);
+    }
+    let id = request["id"]
+        .as_str()
+        .and_then(|id| Uuid::parse_str(id).ok())
+        .ok_or(StatusCode::BAD_REQUEST)?;
+    let outcome = producer::check_back(&endpoint.pool, &endpoint.markers, id)
+        .await
+        .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?;
+    Ok(Json(outcome.answer()))
+}
+
+/// One test's pipeline: its own outbox, marker, dead-letter tables and stream, a relay in this
+/// process, the check-back endpoint, and a client of the API.
+struct World {
+    pool: PgPool,
+    outbox: String,
+    markers: String,
+    dead_letters: String,
+    stream: String,
+    endpoint: Arc<CheckBackEndpoint>,
+    api: HalfMessages,
+    api_address: SocketAddr,
+    stop: CancellationToken,
+    relay: Option<ferry::relay::RunningRelay>,
+}
+
+impl World {
+    async fn start() -> Self {
+        let pool = PgPool::connect(POSTGRES).await.expect("PostgreSQL");
+        let outbox = unique_name("txo");
+        let markers = unique_name("txm");
+        let dead_letters = unique_name("txd");
+        let stream = unique_name("txs");
+        ferry::outbox::migrate::migrate(ferry::api::DatabaseEngine::Postgres, POSTGRES, &outbox)
+            .await
+            .expect("migrate the outbox");
+        for statement in producer::marker_ddl(&markers) {
+            sqlx::query(sqlx::AssertSqlSafe(statement))
+                .execute(&pool)
+                .await
+                .expect("create the marker table");
+        }
+        let endpoint = Arc::new(CheckBackEndpoint {
+            pool: pool.clone(),
+            markers: markers.clone(),
+            down: AtomicBool::new(false),
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the check-back endpoint");
+        let check_back_url = format!("http://{}/check", listener.local_addr().expect("addr"));
+        let router = Router::new()
+            .route("/check", post(answer))
+            .with_state(endpoint.clone());
+        tokio::spawn(async move { axum::serve(listener, router).await });
+
+        let manifests = [
+            json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "db"}, "stringData": {"url": POSTGRES}}),
+            json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "redis"}, "stringData": {"url": REDIS}}),
+            json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "tx-api"}, "stringData": {"token": TOKEN}}),
+            json!({"apiVersion": "ferry.dev/v1alpha1", "kind": "BrokerTopic", "metadata": {"name": "orders"},
+                   "spec": {"broker": "redis", "connection": {"secretRef": {"name": "redis"}}, "provision": true,
+                            "redis": {"stream": stream}}}),
+            json!({"apiVersion": "ferry.dev/v1alpha1", "kind": "DeadLetterQueue", "metadata": {"name": "dead"},
+                   "spec": {"store": {"database": {"engine": "postgres", "connection": {"secretRef": {"name": "db"}},
+                                                   "table": dead_letters}}}}),
+            json!({"apiVersion": "ferry.dev/v1alpha1", "kind": "OutboxSource", "metadata": {"name": "orders"},
+                   "spec": {"database": {"engine": "postgres", "connection": {"secretRef": {"name": "db"}}, "table": outbox},
+                            "capture": {"pollInterval": "100ms", "maxMessageBytes": 4096},
+                            "routes": [{"name": "all", "topicRef": {"name": "orders"}}],
+                            "deadLetterQueueRef": {"name": "dead"},
+                            "transactionalMessages": {
+                                "enabled": true, "port": 18081,
+                                "tokenSecretRef": {"name": "tx-api", "key": "token"},
+                                "checkBack": {"url": check_back_url, "firstCheckDelay": "300ms",
+                                              "interval": "100ms", "maxChecks": MAX_CHECKS, "timeout": "2s"}}}}),
+        ];
+        let documents: Vec<Document> = manifests
+            .into_iter()
+            .enumerate()
+            .map(|(index, value)| Document {
+                origin: Origin {
+                    file: "transactional.yaml".into(),
+                    document: index + 1,
+                },
+                value,
+            })
+            .collect();
+        let plan =
+            standalone::plan_documents(&documents, "default", |_| {}).expect("the manifests");
+        let WorkloadConfig::Relay(mut relay) = plan.workloads[0].config.clone() else {
+            panic!("a relay");
+        };
+        relay.http.listen = loopback();
+        let api_address = loopback();
+        relay
+            .transactional
+            .as_mut()
+            .expect("transactional messages enabled")
+            .listen = api_address;
+        let stop = CancellationToken::new();
+        let running = ferry::relay::start(*relay, stop.clone())
+            .await
+            .expect("start the relay");
+        let api =
+            HalfMessages::new(&format!("http://{api_address}"), TOKEN).expect("an API client");
+        let world = Self {
+            pool,
+            outbox,
+            markers,
+            dead_letters,
+            stream,
+            endpoint,
+            api,
+            api_address,
+            stop,
+            relay: Some(running),
+        };
+        world.wait_for_api().await;
+        world
+    }
+
+    async fn wait_for_api(&self) {
+        for _ in 0..200 {
+            if tokio::net::TcpStream::connect(self.api_address)
+                .await
+                .is_ok()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!(
+            "the transactional API never listened on {}",
+            self.api_address
+        );
+    }
+
+    /// Prepares an order event; runs the producer's local transaction with the marker when
+    /// `commit_locally`.
+    async fn prepare_and_run(&self, commit_locally: bool) -> Uuid {
+        let id = self
+            .api
+            .prepare("Order", "order-1", "order.placed", &json!({"total": 12.5}))
+            .await
+            .expect("prepare");
+        if commit_locally {
+            let mut tx = self.pool.begin().await.expect("begin");
+            producer::mark_committed(&mut tx, &self.markers, id)
+                .await
+                .expect("the marker");
+            tx.commit().await.expect("the local commit");
+        }
+        id
+    }
+
+    /// How many stream entries carry `id` as `ce-id`.
+    async fn published(&self, id: Uuid) -> usize {
+        let client = redis::Client::open(REDIS).expect("redis");
+        let mut connection = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect to redis");
+        let entries: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+            .arg(&self.stream)
+            .arg("-")
+            .arg("+")
+            .query_async(&mut connection)
+            .await
+            .unwrap_or_default();
+        entries
+            .ids
+            .iter()
+            .filter(|entry| {
+                entry
+                    .get::<String>("ce-id")
+                    .is_some_and(|ce_id| ce_id == id.to_string())
+            })
+            .count()
+    }
+
+    async fn state(&self, id: Uuid) -> (String, Option<String>, i32) {
+        sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT state, decided_by, checks FROM {}_half WHERE id = $1",
+            self.outbox
+        )))
+        .bind(id)
+        .fetch_one(&self.pool)
+        .await
+        .expect("the half message")
+    }
+
+    /// Waits until `id` has been published at least once (at most 15 s); how many times.
+    async fn wait_published(&self, id: Uuid) -> usize {
+        for _ in 0..150 {
+            let count = self.published(id).await;
+            if count > 0 {
+                return count;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        0
+    }
+
+    async fn wait_state(&self, id: Uuid, want: &str) -> (String, Option<String>, i32) {
+        let mut last = self.state(id).await;
+        for _ in 0..150 {
+            if last.0 == want {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            last = self.state(id).await;
+        }
+        last
+    }
+
+    async fn finish(mut self) {
+        self.stop.cancel();
+        if let Some(relay) = self.relay.take() {
+            relay.wait().await.expect("the relay stops cleanly");
+        }
+        for table in [
+            format!("{}_half", self.outbox),
+            self.outbox.clone(),
+            self.markers.clone(),
+            self.dead_letters.clone(),
+        ] {
+            let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DROP TABLE IF EXISTS {table} CASCADE"
+            )))
+            .execute(&self.pool)
+            .await;
+        }
+        if let Ok(client) = redis::Client::open(REDIS)
+            && let Ok(mut connection) = client.get_multiplexed_async_connection().await
+        {
+            let _: Result<i64, _> = redis::cmd("DEL")
+                .arg(&self.stream)
+                .query_async(&mut connection)
+                .await;
+        }
+    }
+}
+
+fn loopback() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], free_port().expect("a free port")))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_committed_message_is_delivered_once_and_a_rolled_back_one_never() {
+    let world = World::start().await;
+    let committed = world.prepare_and_run(true).await;
+    world.api.commit(committed).await.expect("commit");
+    let rolled_back = world.prepare_and_run(false).await;
+    world.api.rollback(rolled_back).await.expect("rollback");
+
+    assert_eq!(world.wait_published(committed).await, 1);
+    // Repeats of a decision are answered the same; the other decision is a conflict.
+    world.api.commit(committed).await.expect("commit again");
+    world
+        .api
+        .rollback(rolled_back)
+        .await
+        .expect("rollback again");
+    let conflict = world.api.rollback(committed).await.expect_err("a conflict");
+    assert!(
+        conflict.to_string().contains("409") && conflict.to_string().contains("committed"),
+        "{conflict}"
+    );
+    let conflict = world.api.commit(rolled_back).await.expect_err("a conflict");
+    assert!(
+        conflict.to_string().contains("409") && conflict.to_string().contains("rolled_back"),
+        "{conflict}"
+    );
+    // Well past the first check: the rolled-back one is never published, and neither
+    // decision is changed by a check-back.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(world.published(rolled_back).await, 0);
+    assert_eq!(world.published(committed).await, 1);
+    assert_eq!(
+        world.state(committed).await,
+        ("committed".into(), Some("producer".into()), 0)
+    );
+    assert_eq!(
+        world.state(rolled_back).await,
+        ("rolled_back".into(), Some("producer".into()), 0)
+    );
+    world.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_producer_that_crashed_after_its_local_commit_is_checked_back_and_delivered() {
+    let world = World::start().await;
+    // The local transaction committed, the commit call never came.
+    let id = world.prepare_and_run(true).await;
+    let state = world.wait_state(id, "committed").await;
+    assert_eq!(state, ("committed".into(), Some("check-back".into()), 0));
+    assert_eq!(world.wait_published(id).await, 1);
+    world.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_producer_that_crashed_before_its_local_commit_is_answered_rolled_back() {
+    let world = World::start().await;
+    let id = world.prepare_and_run(false).await;
+    let state = world.wait_state(id, "rolled_back").await;
+    assert_eq!(state, ("rolled_back".into(), Some("check-back".into()), 0));
+    // The answer stands: the producer's transaction, should it run late, cannot commit.
+    let mut tx = world.pool.begin().await.expect("begin");
+    let late = producer::mark_committed(&mut tx, &world.markers, id).await;
+    assert!(late.is_err(), "a late local commit must fail on the marker");
+    tx.rollback().await.expect("rollback");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(world.published(id).await, 0);
+    world.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_check_back_is_retried_then_dead_lettered_with_the_reason() {
+    let world = World::start().await;
+    world.endpoint.down.store(true, Ordering::SeqCst);
+    let id = world.prepare_and_run(true).await;
+    let state = world.wait_state(id, "dead_lettered").await;
+    assert_eq!(
+        state,
+        (
+            "dead_lettered".into(),
+            Some("max-checks".into()),
+            MAX_CHECKS as i32
+        )
+    );
+    let (attempts, reason): (i32, String) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT attempts, last_error FROM {} WHERE message_id = $1",
+        world.dead_letters
+    )))
+    .bind(id.to_string())
+    .fetch_one(&world.pool)
+    .await
+    .expect("the dead letter");
+    assert_eq!(attempts, MAX_CHECKS as i32);
+    assert!(
+        reason.contains("3 check-backs") && reason.contains("503"),
+        "{reason}"
+    );
+    assert_eq!(world.published(id).await, 0);
+    // A decision after that is a conflict, not a late publish.
+    let refused = world.api.commit(id).await.expect_err("a conflict");
+    assert!(refused.to_string().contains("409"), "{refused}");
+    world.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_duplicate_commits_publish_once() {
+    let world = World::start().await;
+    let id = world.prepare_and_run(true).await;
+    let calls: Vec<_> = (0..8)
+        .map(|_| {
+            let api = world.api.clone();
+            tokio::spawn(async move { api.commit(id).await })
+        })
+        .collect();
+    for call in calls {
+        call.await
+            .expect("the task")
+            .expect("every commit call succeeds");
+    }
+    assert_eq!(world.wait_published(id).await, 1);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(world.published(id).await, 1, "published more than once");
+    world.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_check_back_waits_for_the_producers_open_transaction() {
+    let world = World::start().await;
+    let id = Uuid::now_v7();
+    let mut tx = world.pool.begin().await.expect("begin");
+    producer::mark_committed(&mut tx, &world.markers, id)
+        .await
+        .expect("the marker");
+    let pool = world.pool.clone();
+    let markers = world.markers.clone();
+    let check = tokio::spawn(async move { producer::check_back(&pool, &markers, id).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !check.is_finished(),
+        "the check-back must wait for the open transaction"
+    );
+    tx.commit().await.expect("commit");
+    let outcome = check.await.expect("the task").expect("the check-back");
+    assert_eq!(outcome, Outcome::Committed);
+    world.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_are_refused_with_a_status_and_a_message() {
+    let world = World::start().await;
+    let http = reqwest::Client::new();
+    let base = format!("http://{}/v1/half-messages", world.api_address);
+    let valid =
+        json!({"aggregateType": "Order", "aggregateId": "1", "eventType": "e", "payload": {}});
+    let cases: Vec<(&str, reqwest::RequestBuilder, u16, &str)> = vec![
+        ("no token", http.post(&base).json(&valid), 401, "Bearer"),
+        (
+            "a wrong token",
+            http.post(&base).bearer_auth("nope").json(&valid),
+            401,
+            "not valid",
+        ),
+        (
+            "malformed JSON",
+            http.post(&base)
+                .bearer_auth(TOKEN)
+                .header("content-type", "application/json")
+                .body("{\"aggregateType\": "),
+            400,
+            "",
+        ),
+        (
+            "a missing field",
+            http.post(&base)
+                .bearer_auth(TOKEN)
+                .json(&json!({"aggregateType": "Order", "payload": {}})),
+            422,
+            "aggregateId",
+        ),
+        (
+            "an unknown field",
+            http.post(&base)
+                .bearer_auth(TOKEN)
+                .json(&json!({"aggregateType": "Order", "aggregateId": "1", "eventType": "e", "payload": {}, "extra": 1})),
+            422,
+            "extra",
+        ),
+        (
+            "an empty aggregate type",
+            http.post(&base)
+                .bearer_auth(TOKEN)
+                .json(&json!({"aggregateType": "", "aggregateId": "1", "eventType": "e", "payload": {}})),
+            422,
+            "aggregateType",
+        ),
+        (
+            "an oversized request",
+            http.post(&base)
+                .bearer_auth(TOKEN)
+                .json(&json!({"aggregateType": "Order", "aggregateId": "1", "eventType": "e", "payload": "x".repeat(8192)})),
+            413,
+            "",
+        ),
+        (
+            "an id that is not a UUID",
+            http.post(format!("{base}/42/commit")).bearer_auth(TOKEN),
+            400,
+            "UUID",
+        ),
+        (
+            "an unknown id",
+            http.post(format!("{base}/{}/commit", Uuid::now_v7()))
+                .bearer_auth(TOKEN),
+            404,
+            "no half message",
+        ),
+    ];
+    for (what, request, status, says) in cases {
+        let response = request.send().await.expect("the API answers");
+        let code = response.status().as_u16();
+        let body = response.text().await.unwrap_or_default();
+        assert_eq!(code, status, "{what}: {body}");
+        assert!(body.contains(says), "{what}: {body}");
+        assert!(!body.contains(TOKEN), "{what}: the token leaked: {body}");
+    }
+    // None of that stored anything.
+    let stored: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT count(*) FROM {}_half",
+        world.outbox
+    )))
+    .fetch_one(&world.pool)
+    .await
+    .expect("count");
+    assert_eq!(stored, 0);
+    world.finish().await;
+}
