@@ -241,6 +241,9 @@ pub enum BenchCommand {
     /// Consumer throughput delivering a backlog to a sink with idempotency on, against the raw
     /// client reading and acknowledging the same messages; also the consumer's peak memory.
     Consumer(crate::bench::ConsumerBenchArgs),
+    /// Business transactions per second from concurrent producers with transactional (half)
+    /// messages through the relay's API, against the same transactions with the outbox table.
+    Half(crate::bench::HalfBenchArgs),
     /// The operator's reconcilers over many OutboxSources and Consumers in the in-memory API:
     /// wall time to steady state, API writes of a second pass over unchanged resources (target
     /// 0), and peak memory.
@@ -338,6 +341,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench {
             command: BenchCommand::Operator(args),
         } => crate::bench::operator_reconcile(args).await,
+        Command::Bench {
+            command: BenchCommand::Half(args),
+        } => crate::bench::half_messages(args).await,
         Command::Outbox {
             command:
                 OutboxCommand::Migrate {

@@ -9,6 +9,7 @@
 mod child;
 mod consumer;
 mod destination;
+mod half;
 mod latency;
 mod operator;
 mod readers;
@@ -118,6 +119,29 @@ pub struct LatencyBenchArgs {
     /// The relay's `capture.workers`.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
     pub workers: u32,
+}
+
+/// `ferry bench half`.
+#[derive(Debug, clap::Args)]
+pub struct HalfBenchArgs {
+    /// The broker the relay publishes to.
+    #[arg(long, value_enum)]
+    pub broker: BrokerArg,
+    /// Producers committing business transactions at the same time.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub producers: u32,
+    /// Seconds of producing per mode, split in two alternating phases.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pub seconds: u64,
+    /// Approximate size of each JSON payload.
+    #[arg(long, default_value_t = 256)]
+    pub payload_bytes: usize,
+    /// The PostgreSQL database holding the benchmark's tables.
+    #[arg(long, default_value = DEFAULT_DATABASE_URL)]
+    pub database_url: String,
+    /// The broker's URL [default: the local server of `--broker`].
+    #[arg(long)]
+    pub broker_url: Option<String>,
 }
 
 /// The idempotency store of `ferry bench consumer`.
@@ -236,6 +260,11 @@ pub async fn commit_to_consumer_latency(args: LatencyBenchArgs) -> anyhow::Resul
 /// `ferry bench consumer`: see `docs/benchmarks.md`.
 pub async fn consumer_throughput(args: ConsumerBenchArgs) -> anyhow::Result<ExitCode> {
     consumer::run(args).await
+}
+
+/// `ferry bench half`: see `docs/benchmarks.md`.
+pub async fn half_messages(args: HalfBenchArgs) -> anyhow::Result<ExitCode> {
+    half::run(args).await
 }
 
 /// `ferry bench operator`: see `docs/benchmarks.md`.

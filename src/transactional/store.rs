@@ -148,6 +148,12 @@ impl HalfStore {
             .await?;
         }
         self.record(&mut tx, id, wanted, by, None).await?;
+        // A decision lost in a database crash leaves the message prepared, and the check-back
+        // then asks the producer, whose marker answers the same: the decision need not wait for
+        // the disk flush. (A prepare must: a producer told "prepared" builds on it.)
+        sqlx::query("SET LOCAL synchronous_commit = off")
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(wanted)
     }
