@@ -528,3 +528,73 @@ async fn bad_requests_are_refused_with_a_status_and_a_message() {
     assert_eq!(stored, 0);
     world.finish().await;
 }
+
+#[tokio::test]
+async fn decided_messages_are_purged_after_the_retention_and_the_undecided_kept() {
+    use ferry::transactional::{DecidedBy, Decision, HalfStore, NewHalfMessage};
+    let pool = PgPool::connect(POSTGRES).await.expect("PostgreSQL");
+    let outbox = unique_name("txp");
+    ferry::outbox::migrate::migrate(ferry::api::DatabaseEngine::Postgres, POSTGRES, &outbox)
+        .await
+        .expect("migrate the outbox");
+    let store = HalfStore::with_pool(pool.clone(), &outbox);
+    store.migrate().await.expect("the half-message table");
+    let message: NewHalfMessage = serde_json::from_value(json!({
+        "aggregateType": "Order", "aggregateId": "1", "eventType": "order.placed", "payload": {"n": 1}
+    }))
+    .expect("a message");
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        ids.push(
+            store
+                .prepare(&message, Duration::from_secs(3600))
+                .await
+                .expect("prepare"),
+        );
+    }
+    store
+        .decide(ids[0], Decision::Commit, DecidedBy::Producer)
+        .await
+        .expect("commit");
+    store
+        .decide(ids[1], Decision::Rollback, DecidedBy::Producer)
+        .await
+        .expect("rollback");
+    assert!(store.give_up(ids[2], "no answer").await.expect("give up"));
+
+    // Nothing decided before an hour ago: nothing goes.
+    let an_hour_ago = chrono::Utc::now() - chrono::Duration::hours(1);
+    assert_eq!(
+        store.purge_decided(an_hour_ago, 10).await.expect("purge"),
+        0
+    );
+    // Everything decided by now: the committed and the rolled-back one go, one per batch.
+    let soon = chrono::Utc::now() + chrono::Duration::seconds(1);
+    assert_eq!(store.purge_decided(soon, 1).await.expect("purge"), 1);
+    assert_eq!(store.purge_decided(soon, 10).await.expect("purge"), 1);
+    assert_eq!(store.purge_decided(soon, 10).await.expect("purge"), 0);
+    for (id, kept) in [
+        (ids[0], false),
+        (ids[1], false),
+        (ids[2], true),
+        (ids[3], true),
+    ] {
+        assert_eq!(store.state(id).await.is_ok(), kept, "{id}");
+    }
+    // The committed one's outbox row is the relay's business, not the purge's.
+    let in_outbox: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT count(*) FROM {outbox} WHERE id = $1"
+    )))
+    .bind(ids[0])
+    .fetch_one(&pool)
+    .await
+    .expect("count");
+    assert_eq!(in_outbox, 1);
+    for table in [format!("{outbox}_half"), outbox] {
+        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP TABLE IF EXISTS {table} CASCADE"
+        )))
+        .execute(&pool)
+        .await;
+    }
+}

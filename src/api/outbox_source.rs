@@ -125,6 +125,14 @@ pub struct TransactionalMessages {
     pub token_secret_ref: crate::api::SecretKeyRef,
     /// Where undecided messages are checked back.
     pub check_back: CheckBack,
+    /// How long committed and rolled-back half messages are kept as a record before they are
+    /// purged. Dead-lettered ones are kept.
+    #[serde(default = "default_decided_retention")]
+    pub retention: Duration,
+}
+
+fn default_decided_retention() -> Duration {
+    Duration::from_secs(7 * 24 * 3600)
 }
 
 fn default_transactional_port() -> i32 {

@@ -230,6 +230,7 @@ async fn measure(
         max_checks: 1,
         check_timeout: ApiDuration::from_secs(5),
         max_request_bytes: 1024 * 1024,
+        retention: ApiDuration::from_secs(3600),
     });
     let mut relay = RelayProcess::spawn(
         &config,

@@ -168,4 +168,6 @@ pub struct TransactionalConfig {
     pub check_timeout: Duration,
     /// The largest prepare request accepted, in bytes.
     pub max_request_bytes: u32,
+    /// How long decided (committed, rolled back) half messages are kept.
+    pub retention: Duration,
 }

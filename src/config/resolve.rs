@@ -238,6 +238,7 @@ pub fn resolve_relay(
                 max_checks: api.check_back.max_checks.max(1) as u32,
                 check_timeout: api.check_back.timeout,
                 max_request_bytes: spec.capture.max_message_bytes.max(1024) as u32,
+                retention: api.retention,
             }),
     })
 }

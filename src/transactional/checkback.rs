@@ -20,6 +20,9 @@ use crate::dlq::{DeadLetter, DeadLetterStore};
 const ROUND: u32 = 64;
 /// The longest wait between rounds; shorter check intervals wait less.
 const MOST_IDLE: Duration = Duration::from_secs(1);
+/// How often decided messages past the retention are purged, and how many per statement.
+const PURGE_EVERY: Duration = Duration::from_secs(60);
+const PURGE_BATCH: u32 = 1000;
 
 pub struct CheckBack {
     pub store: Arc<HalfStore>,
@@ -28,6 +31,8 @@ pub struct CheckBack {
     pub interval: Duration,
     pub timeout: Duration,
     pub max_checks: u32,
+    /// How long decided messages are kept before `purge` deletes them.
+    pub retention: Duration,
     pub dead_letters: Option<Arc<dyn DeadLetterStore>>,
     /// Who gives up on a message, in its dead letter: `outboxsource/<ns>/<name>`.
     pub origin: String,
@@ -53,15 +58,21 @@ impl CheckBack {
             interval: config.check_interval.as_std(),
             timeout,
             max_checks: config.max_checks,
+            retention: config.retention.as_std(),
             dead_letters,
             origin,
         })
     }
 
-    /// Runs rounds until `stop`.
+    /// Runs rounds until `stop`, and purges decided messages past the retention once a minute.
     pub async fn run(self, stop: CancellationToken) {
         let idle = self.interval.min(MOST_IDLE);
+        let mut last_purge: Option<std::time::Instant> = None;
         while !stop.is_cancelled() {
+            if last_purge.is_none_or(|at| at.elapsed() >= PURGE_EVERY) {
+                self.purge().await;
+                last_purge = Some(std::time::Instant::now());
+            }
             let checked = match self.round().await {
                 Ok(checked) => checked,
                 Err(error) => {
@@ -73,6 +84,29 @@ impl CheckBack {
                 tokio::select! {
                     _ = tokio::time::sleep(idle) => {}
                     _ = stop.cancelled() => {}
+                }
+            }
+        }
+    }
+
+    /// Deletes decided messages older than the retention, in bounded batches.
+    async fn purge(&self) {
+        let Ok(retention) = chrono::Duration::from_std(self.retention) else {
+            return;
+        };
+        let before = Utc::now() - retention;
+        loop {
+            match self.store.purge_decided(before, PURGE_BATCH).await {
+                Ok(deleted) if deleted >= u64::from(PURGE_BATCH) => continue,
+                Ok(deleted) => {
+                    if deleted > 0 {
+                        tracing::debug!(deleted, "purged decided half messages");
+                    }
+                    return;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "purging decided half messages failed");
+                    return;
                 }
             }
         }

@@ -241,6 +241,22 @@ impl HalfStore {
         Ok(done.rows_affected() == 1)
     }
 
+    /// Deletes up to `batch` committed or rolled-back messages decided before `before`; how
+    /// many. Dead-lettered ones stay: without a dead-letter queue they are the only record.
+    pub async fn purge_decided(&self, before: DateTime<Utc>, batch: u32) -> Result<u64, HalfError> {
+        let deleted = sqlx::query(trusted(format!(
+            "DELETE FROM {half} WHERE id IN (
+                 SELECT id FROM {half} WHERE state IN ('committed', 'rolled_back') AND decided_at < $1
+                 LIMIT $2 FOR UPDATE SKIP LOCKED)",
+            half = self.half
+        )))
+        .bind(before)
+        .bind(i64::from(batch))
+        .execute(&self.pool)
+        .await?;
+        Ok(deleted.rows_affected())
+    }
+
     /// How `id` stands, and how many check-backs it has had.
     pub async fn state(&self, id: Uuid) -> Result<(State, i32), HalfError> {
         let row = sqlx::query(trusted(format!(

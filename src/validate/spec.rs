@@ -353,6 +353,7 @@ fn transactional_messages(
     ] {
         positive(&check_back.child(field), value, errors);
     }
+    positive(&path.child("retention"), transactional.retention, errors);
     in_range(
         &check_back.child("maxChecks"),
         transactional.check_back.max_checks,
