@@ -275,6 +275,9 @@ async fn watch_pending(shared: Arc<Shared>, stop: CancellationToken) {
                 shared.health.set_database(true);
             }
             Err(error) => {
+                // Readiness turns false here, so `/status` says why here too: a worker idle
+                // between polls would only notice at its next claim.
+                shared.health.record_error("database", error.to_string());
                 shared.health.set_database(false);
                 tracing::debug!(%error, "cannot count pending rows");
             }

@@ -71,8 +71,9 @@ async fn process(shared: &Shared) -> Batch {
     let claim = match shared.store.claim(batch_size, shared.config.ordering).await {
         Ok(claim) => claim,
         Err(error) => {
-            shared.health.set_database(false);
+            // The reason first: whoever sees readiness turn false finds it in `/status`.
             shared.health.record_error("database", error.to_string());
+            shared.health.set_database(false);
             shared
                 .metrics
                 .failed_batches
