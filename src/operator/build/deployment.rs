@@ -47,8 +47,8 @@ pub fn build_deployment(workload: &Workload, config_map: &ConfigMap) -> Deployme
         ]),
         env: Some(secret_env(workload)).filter(|env| !env.is_empty()),
         ports: Some(
-            std::iter::once((HTTP_PORT_NAME, workload.http_port))
-                .chain(workload.api_port.map(|port| (API_PORT_NAME, port)))
+            workload
+                .named_ports()
                 .map(|(name, port)| ContainerPort {
                     name: Some(name.to_owned()),
                     container_port: i32::from(port),

@@ -137,6 +137,13 @@ pub struct Workload {
 }
 
 impl Workload {
+    /// The ports the container opens and the Service forwards, each with its name: the
+    /// endpoints' `http`, and the relay's `tx-api` when transactional messages are on.
+    pub fn named_ports(&self) -> impl Iterator<Item = (&'static str, u16)> {
+        std::iter::once((HTTP_PORT_NAME, self.http_port))
+            .chain(self.api_port.map(|port| (API_PORT_NAME, port)))
+    }
+
     /// The relay workload of `source`, its references resolved against `catalog` (which must
     /// hold `source` too).
     pub fn relay(

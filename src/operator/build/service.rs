@@ -7,7 +7,7 @@ use k8s_openapi::{
     apimachinery::pkg::util::intstr::IntOrString,
 };
 
-use super::{API_PORT_NAME, HTTP_PORT_NAME, Workload, with_spec_hash};
+use super::{Workload, with_spec_hash};
 
 pub fn build_service(workload: &Workload) -> Service {
     with_spec_hash(Service {
@@ -16,8 +16,8 @@ pub fn build_service(workload: &Workload) -> Service {
             type_: Some("ClusterIP".to_owned()),
             selector: Some(workload.selector_labels()),
             ports: Some(
-                std::iter::once((HTTP_PORT_NAME, workload.http_port))
-                    .chain(workload.api_port.map(|port| (API_PORT_NAME, port)))
+                workload
+                    .named_ports()
                     .map(|(name, port)| ServicePort {
                         name: Some(name.to_owned()),
                         port: i32::from(port),
