@@ -111,6 +111,35 @@ pub async fn open(config: &DatabaseConfig) -> Result<Box<dyn OutboxStore>, Store
     })
 }
 
+/// Deletes in statements of at most `batch` rows until one deletes fewer, so that no statement
+/// holds locks for long; `delete` runs one statement and says how many rows it deleted. A
+/// failure ends this purge (logged, with `what`): the next one tries again.
+pub(crate) async fn purge_in_batches<E, F, Fut>(batch: u32, what: &str, mut delete: F)
+where
+    E: std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<u64, E>>,
+{
+    let mut purged = 0;
+    loop {
+        match delete().await {
+            Ok(deleted) => {
+                purged += deleted;
+                if deleted < u64::from(batch) {
+                    break;
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "purging {what} failed");
+                break;
+            }
+        }
+    }
+    if purged > 0 {
+        tracing::debug!(purged, "purged {what}");
+    }
+}
+
 /// Parses the RFC 3339 text SQLite stores times as (also accepting SQLite's own
 /// `YYYY-MM-DD HH:MM:SS`).
 pub(crate) fn parse_time(text: &str) -> Result<DateTime<Utc>, String> {
@@ -128,4 +157,34 @@ pub(crate) fn parse_time(text: &str) -> Result<DateTime<Utc>, String> {
 /// Every other value is a bind parameter.
 pub(crate) fn trusted<T>(sql: T) -> sqlx::AssertSqlSafe<T> {
     sqlx::AssertSqlSafe(sql)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+
+    use super::purge_in_batches;
+
+    #[tokio::test]
+    async fn a_purge_goes_on_while_statements_are_full_and_stops_at_a_short_one_or_an_error() {
+        let answers = RefCell::new(vec![Ok(10), Ok(10), Ok(3), Ok(10)]);
+        let calls = RefCell::new(0);
+        purge_in_batches(10, "rows", || {
+            *calls.borrow_mut() += 1;
+            let answer: Result<u64, String> = answers.borrow_mut().remove(0);
+            async move { answer }
+        })
+        .await;
+        assert_eq!(*calls.borrow(), 3);
+
+        let answers = RefCell::new(vec![Ok(10), Err("gone".to_owned()), Ok(10)]);
+        *calls.borrow_mut() = 0;
+        purge_in_batches(10, "rows", || {
+            *calls.borrow_mut() += 1;
+            let answer = answers.borrow_mut().remove(0);
+            async move { answer }
+        })
+        .await;
+        assert_eq!(*calls.borrow(), 2);
+    }
 }

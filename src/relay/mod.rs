@@ -303,25 +303,11 @@ async fn purge(shared: Arc<Shared>, stop: CancellationToken) {
         let before = Utc::now()
             - chrono::Duration::from_std(cleanup.retention.as_std())
                 .unwrap_or(chrono::Duration::MAX);
-        loop {
-            match shared
-                .store
-                .purge_published(before, cleanup.purge_batch_size)
-                .await
-            {
-                Ok(deleted) if deleted >= u64::from(cleanup.purge_batch_size) => continue,
-                Ok(deleted) => {
-                    if deleted > 0 {
-                        tracing::debug!(deleted, "purged published rows");
-                    }
-                    break;
-                }
-                Err(error) => {
-                    tracing::warn!(%error, "purging published rows failed");
-                    break;
-                }
-            }
-        }
+        let batch = cleanup.purge_batch_size;
+        outbox::purge_in_batches(batch, "published rows", || {
+            shared.store.purge_published(before, batch)
+        })
+        .await;
         if !sleep_or_stop(Duration::from_secs(60), &stop).await {
             return;
         }

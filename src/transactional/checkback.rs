@@ -95,21 +95,10 @@ impl CheckBack {
             return;
         };
         let before = Utc::now() - retention;
-        loop {
-            match self.store.purge_decided(before, PURGE_BATCH).await {
-                Ok(deleted) if deleted >= u64::from(PURGE_BATCH) => continue,
-                Ok(deleted) => {
-                    if deleted > 0 {
-                        tracing::debug!(deleted, "purged decided half messages");
-                    }
-                    return;
-                }
-                Err(error) => {
-                    tracing::warn!(%error, "purging decided half messages failed");
-                    return;
-                }
-            }
-        }
+        crate::outbox::purge_in_batches(PURGE_BATCH, "decided half messages", || {
+            self.store.purge_decided(before, PURGE_BATCH)
+        })
+        .await;
     }
 
     /// Checks back every message due now (at most one round's worth); how many.
