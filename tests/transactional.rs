@@ -16,7 +16,6 @@ use std::{
 
 use axum::{Json, Router, extract::State, http::StatusCode, routing::post};
 use ferry::{
-    manifest::{Document, Origin},
     standalone::{self, WorkloadConfig},
     transactional::producer::{self, HalfMessages, Outcome},
 };
@@ -122,17 +121,7 @@ impl World {
                                 "checkBack": {"url": check_back_url, "firstCheckDelay": "300ms",
                                               "interval": "100ms", "maxChecks": MAX_CHECKS, "timeout": "2s"}}}}),
         ];
-        let documents: Vec<Document> = manifests
-            .into_iter()
-            .enumerate()
-            .map(|(index, value)| Document {
-                origin: Origin {
-                    file: "transactional.yaml".into(),
-                    document: index + 1,
-                },
-                value,
-            })
-            .collect();
+        let documents = support::documents("transactional.yaml", manifests);
         let plan =
             standalone::plan_documents(&documents, "default", |_| {}).expect("the manifests");
         let WorkloadConfig::Relay(mut relay) = plan.workloads[0].config.clone() else {

@@ -9,7 +9,6 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use ferry::{
     config::{ConsumerConfig, RelayConfig},
-    manifest::{Document, Origin},
     outbox::producer::{NewEvent, enqueue},
     standalone::{self, WorkloadConfig},
 };
@@ -203,17 +202,7 @@ impl World {
             broker: &broker.url(),
             sink: sink_url,
         };
-        let documents: Vec<Document> = manifests(&urls, shape)
-            .into_iter()
-            .enumerate()
-            .map(|(index, value)| Document {
-                origin: Origin {
-                    file: PathBuf::from("reliability.yaml"),
-                    document: index + 1,
-                },
-                value,
-            })
-            .collect();
+        let documents = crate::support::documents("reliability.yaml", manifests(&urls, shape));
         let plan = standalone::plan_documents(&documents, "reliability", |_| {})
             .unwrap_or_else(|error| panic!("the scenario's manifests: {error}"));
         let (mut relay, mut consumer) = (None, None);

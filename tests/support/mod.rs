@@ -38,6 +38,25 @@ pub fn unique_name(prefix: &str) -> String {
     format!("{prefix}_{}_{count}_{nanos}", std::process::id())
 }
 
+/// Manifests written in a test as one file `file` would hold them: each value a document,
+/// numbered from 1, so a refusal names the file, document and field as it would for a user.
+pub fn documents(
+    file: &str,
+    manifests: impl IntoIterator<Item = serde_json::Value>,
+) -> Vec<ferry::manifest::Document> {
+    manifests
+        .into_iter()
+        .enumerate()
+        .map(|(index, value)| ferry::manifest::Document {
+            origin: ferry::manifest::Origin {
+                file: PathBuf::from(file),
+                document: index + 1,
+            },
+            value,
+        })
+        .collect()
+}
+
 /// A loopback port that was free a moment ago: the kernel picks it for a listener that is
 /// dropped at once. Another process could take it before the server binds it, which is rare
 /// enough for tests; a server that fails to bind says so in its log.

@@ -10,7 +10,6 @@ use std::{
 
 use ferry::{
     api::DatabaseEngine,
-    manifest::{Document, Origin},
     outbox::producer::{NewEvent, OutboxConnection, enqueue},
     standalone::{self, WorkloadConfig},
 };
@@ -113,18 +112,7 @@ impl Relay {
     /// Plans `manifests` and runs the relay they describe, on an endpoint port of its own so
     /// that it never answers for an earlier relay; its output goes to a log file in `dir`.
     pub fn start(dir: &Path, manifests: &[Value], trust: Trust<'_>) -> Self {
-        let documents: Vec<Document> = manifests
-            .iter()
-            .cloned()
-            .enumerate()
-            .map(|(index, value)| Document {
-                origin: Origin {
-                    file: "tls.yaml".into(),
-                    document: index + 1,
-                },
-                value,
-            })
-            .collect();
+        let documents = crate::support::documents("tls.yaml", manifests.iter().cloned());
         let plan =
             standalone::plan_documents(&documents, "default", |_| {}).expect("the manifests");
         let Some(WorkloadConfig::Relay(mut config)) = plan
