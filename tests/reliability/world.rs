@@ -641,34 +641,29 @@ async fn commit(pool: &SourcePool, key: &str, n: i32, row: Row) -> Result<(), sq
     if row == Row::NotJson {
         event.payload = format!("{{\"key\": \"{key}\", \"n\": {n}, truncated");
     }
+    // The same transaction on either engine: only the pool type and the placeholders differ.
+    macro_rules! order_with_event {
+        ($pool:expr, $insert:expr) => {{
+            let mut tx = $pool.begin().await?;
+            sqlx::query(sqlx::AssertSqlSafe($insert))
+                .bind(key)
+                .bind(n)
+                .bind(event.id.to_string())
+                .bind(poison)
+                .execute(&mut *tx)
+                .await?;
+            enqueue(&mut *tx, OUTBOX, &event).await?;
+            tx.commit().await
+        }};
+    }
     match pool {
-        SourcePool::Postgres(pool) => {
-            let mut tx = pool.begin().await?;
-            sqlx::query(sqlx::AssertSqlSafe(format!(
-                "INSERT INTO {ORDERS} (key, n, event_id, poison) VALUES ($1, $2, $3, $4)"
-            )))
-            .bind(key)
-            .bind(n)
-            .bind(event.id.to_string())
-            .bind(poison)
-            .execute(&mut *tx)
-            .await?;
-            enqueue(&mut *tx, OUTBOX, &event).await?;
-            tx.commit().await
-        }
-        SourcePool::Mysql(pool) => {
-            let mut tx = pool.begin().await?;
-            sqlx::query(sqlx::AssertSqlSafe(format!(
-                "INSERT INTO {ORDERS} (`key`, n, event_id, poison) VALUES (?, ?, ?, ?)"
-            )))
-            .bind(key)
-            .bind(n)
-            .bind(event.id.to_string())
-            .bind(poison)
-            .execute(&mut *tx)
-            .await?;
-            enqueue(&mut *tx, OUTBOX, &event).await?;
-            tx.commit().await
-        }
+        SourcePool::Postgres(pool) => order_with_event!(
+            pool,
+            format!("INSERT INTO {ORDERS} (key, n, event_id, poison) VALUES ($1, $2, $3, $4)")
+        ),
+        SourcePool::Mysql(pool) => order_with_event!(
+            pool,
+            format!("INSERT INTO {ORDERS} (`key`, n, event_id, poison) VALUES (?, ?, ?, ?)")
+        ),
     }
 }
