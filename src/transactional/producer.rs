@@ -128,13 +128,23 @@ impl HalfMessages {
         event_type: &str,
         payload: &impl Serialize,
     ) -> Result<Uuid, ApiError> {
-        let body = json!({
-            "aggregateType": aggregate_type,
-            "aggregateId": aggregate_id,
-            "eventType": event_type,
-            "payload": payload,
-        });
-        let answer = self.call("/v1/half-messages", Some(body)).await?;
+        // Serialized straight into the request: going through a `Value` would parse a payload
+        // given as raw JSON only to write it out again.
+        #[derive(Serialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Prepare<'a, P: Serialize> {
+            aggregate_type: &'a str,
+            aggregate_id: &'a str,
+            event_type: &'a str,
+            payload: &'a P,
+        }
+        let body = Prepare {
+            aggregate_type,
+            aggregate_id,
+            event_type,
+            payload,
+        };
+        let answer = self.call("/v1/half-messages", Some(&body)).await?;
         answer["id"]
             .as_str()
             .and_then(|id| Uuid::parse_str(id).ok())
@@ -146,25 +156,25 @@ impl HalfMessages {
 
     /// Commits `id`: it is published like an outbox row. Repeating it is harmless.
     pub async fn commit(&self, id: Uuid) -> Result<(), ApiError> {
-        self.call(&format!("/v1/half-messages/{id}/commit"), None)
+        self.call(&format!("/v1/half-messages/{id}/commit"), None::<&()>)
             .await
             .map(drop)
     }
 
     /// Rolls `id` back: it is never published. Repeating it is harmless.
     pub async fn rollback(&self, id: Uuid) -> Result<(), ApiError> {
-        self.call(&format!("/v1/half-messages/{id}/rollback"), None)
+        self.call(&format!("/v1/half-messages/{id}/rollback"), None::<&()>)
             .await
             .map(drop)
     }
 
-    async fn call(&self, path: &str, body: Option<Value>) -> Result<Value, ApiError> {
+    async fn call(&self, path: &str, body: Option<&impl Serialize>) -> Result<Value, ApiError> {
         let mut request = self
             .http
             .post(format!("{}{path}", self.base))
             .bearer_auth(&self.token);
         if let Some(body) = body {
-            request = request.json(&body);
+            request = request.json(body);
         }
         let response = request.send().await?;
         let status = response.status();
