@@ -1,8 +1,12 @@
-//! Transactional (half) messages end to end on the shared PostgreSQL and Redis: a relay with
-//! the API enabled, a producer using Ferry's helpers (marker rows in its own transaction), and
-//! a check-back endpoint in the test that answers from the markers, or fails on purpose.
-//! Redis streams keep every `XADD`, so a message published twice would show twice.
+//! Transactional (half) messages end to end, with the producer's database on PostgreSQL,
+//! MariaDB or SQLite (each scenario runs on all three) and the shared Redis: a relay with the
+//! API enabled, a producer using Ferry's helpers (marker rows in its own transaction), and a
+//! check-back endpoint in the test that answers from the markers, or fails on purpose. Redis
+//! streams keep every `XADD`, so a message published twice would show twice. Dead letters go
+//! to a PostgreSQL table whatever the source.
 
+#[path = "transactional/source.rs"]
+mod source;
 mod support;
 
 use std::{
@@ -16,24 +20,25 @@ use std::{
 
 use axum::{Json, Router, extract::State, http::StatusCode, routing::post};
 use ferry::{
+    api::DatabaseEngine,
     standalone::{self, WorkloadConfig},
-    transactional::producer::{self, HalfMessages, Outcome},
+    transactional::producer::{HalfMessages, Outcome},
 };
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use source::{POSTGRES, Source};
 use support::{free_port, unique_name};
 
-const POSTGRES: &str = "postgres://postgres@127.0.0.1:5432/ferry_test";
 const REDIS: &str = "redis://127.0.0.1:6379";
 const TOKEN: &str = "tx-api-t0ken-9f2";
 const MAX_CHECKS: u32 = 3;
 
 /// The producer's check-back endpoint: answers from the marker table, or 503 while `down`.
 struct CheckBackEndpoint {
-    pool: PgPool,
+    source: Arc<Source>,
     markers: String,
     down: AtomicBool,
 }
@@ -49,7 +54,9 @@ async fn answer(
         .as_str()
         .and_then(|id| Uuid::parse_str(id).ok())
         .ok_or(StatusCode::BAD_REQUEST)?;
-    let outcome = producer::check_back(&endpoint.pool, &endpoint.markers, id)
+    let outcome = endpoint
+        .source
+        .check_back(&endpoint.markers, id)
         .await
         .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?;
     Ok(Json(outcome.answer()))
@@ -58,7 +65,9 @@ async fn answer(
 /// One test's pipeline: its own outbox, marker, dead-letter tables and stream, a relay in this
 /// process, the check-back endpoint, and a client of the API.
 struct World {
-    pool: PgPool,
+    source: Arc<Source>,
+    /// Where the dead letters are.
+    dead_letter_pool: PgPool,
     outbox: String,
     markers: String,
     dead_letters: String,
@@ -71,23 +80,20 @@ struct World {
 }
 
 impl World {
-    async fn start() -> Self {
-        let pool = PgPool::connect(POSTGRES).await.expect("PostgreSQL");
+    async fn start(engine: DatabaseEngine) -> Self {
+        let (source, source_url) = Source::open(engine).await;
+        let source = Arc::new(source);
+        let dead_letter_pool = PgPool::connect(POSTGRES).await.expect("PostgreSQL");
         let outbox = unique_name("txo");
         let markers = unique_name("txm");
         let dead_letters = unique_name("txd");
         let stream = unique_name("txs");
-        ferry::outbox::migrate::migrate(ferry::api::DatabaseEngine::Postgres, POSTGRES, &outbox)
+        ferry::outbox::migrate::migrate(engine, &source_url, &outbox)
             .await
             .expect("migrate the outbox");
-        for statement in producer::marker_ddl(&markers) {
-            sqlx::query(sqlx::AssertSqlSafe(statement))
-                .execute(&pool)
-                .await
-                .expect("create the marker table");
-        }
+        source.create_markers(&markers).await;
         let endpoint = Arc::new(CheckBackEndpoint {
-            pool: pool.clone(),
+            source: source.clone(),
             markers: markers.clone(),
             down: AtomicBool::new(false),
         });
@@ -101,17 +107,18 @@ impl World {
         tokio::spawn(async move { axum::serve(listener, router).await });
 
         let manifests = [
-            json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "db"}, "stringData": {"url": POSTGRES}}),
+            json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "db"}, "stringData": {"url": source_url}}),
+            json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "dead-letter-db"}, "stringData": {"url": POSTGRES}}),
             json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "redis"}, "stringData": {"url": REDIS}}),
             json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "tx-api"}, "stringData": {"token": TOKEN}}),
             json!({"apiVersion": "ferry.dev/v1alpha1", "kind": "BrokerTopic", "metadata": {"name": "orders"},
                    "spec": {"broker": "redis", "connection": {"secretRef": {"name": "redis"}}, "provision": true,
                             "redis": {"stream": stream}}}),
             json!({"apiVersion": "ferry.dev/v1alpha1", "kind": "DeadLetterQueue", "metadata": {"name": "dead"},
-                   "spec": {"store": {"database": {"engine": "postgres", "connection": {"secretRef": {"name": "db"}},
+                   "spec": {"store": {"database": {"engine": "postgres", "connection": {"secretRef": {"name": "dead-letter-db"}},
                                                    "table": dead_letters}}}}),
             json!({"apiVersion": "ferry.dev/v1alpha1", "kind": "OutboxSource", "metadata": {"name": "orders"},
-                   "spec": {"database": {"engine": "postgres", "connection": {"secretRef": {"name": "db"}}, "table": outbox},
+                   "spec": {"database": {"engine": engine.as_str(), "connection": {"secretRef": {"name": "db"}}, "table": outbox},
                             "capture": {"pollInterval": "100ms", "maxMessageBytes": 4096},
                             "routes": [{"name": "all", "topicRef": {"name": "orders"}}],
                             "deadLetterQueueRef": {"name": "dead"},
@@ -141,7 +148,8 @@ impl World {
         let api =
             HalfMessages::new(&format!("http://{api_address}"), TOKEN).expect("an API client");
         let world = Self {
-            pool,
+            source,
+            dead_letter_pool,
             outbox,
             markers,
             dead_letters,
@@ -181,11 +189,11 @@ impl World {
             .await
             .expect("prepare");
         if commit_locally {
-            let mut tx = self.pool.begin().await.expect("begin");
-            producer::mark_committed(&mut tx, &self.markers, id)
+            self.source
+                .begin_marked(&self.markers, id)
                 .await
-                .expect("the marker");
-            tx.commit().await.expect("the local commit");
+                .commit()
+                .await;
         }
         id
     }
@@ -216,14 +224,7 @@ impl World {
     }
 
     async fn state(&self, id: Uuid) -> (String, Option<String>, i32) {
-        sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT state, decided_by, checks FROM {}_half WHERE id = $1",
-            self.outbox
-        )))
-        .bind(id)
-        .fetch_one(&self.pool)
-        .await
-        .expect("the half message")
+        self.source.half_state(&self.outbox, id).await
     }
 
     /// Waits until `id` has been published at least once (at most 15 s); how many times.
@@ -250,23 +251,48 @@ impl World {
         last
     }
 
+    /// The relay's `/status` section on half messages, once `ready` accepts it (at most 15 s:
+    /// the table is counted every 5 s).
+    async fn half_status(&self, ready: impl Fn(&Value) -> bool) -> Value {
+        let relay = self.relay.as_ref().expect("the relay runs");
+        let mut status = Value::Null;
+        for _ in 0..150 {
+            status = relay.report().status()["halfMessages"].clone();
+            if ready(&status) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        status
+    }
+
+    async fn metrics(&self) -> String {
+        let relay = self.relay.as_ref().expect("the relay runs");
+        let (status, body) = support::try_http_get(relay.address, "/metrics")
+            .await
+            .expect("/metrics answers");
+        assert_eq!(status, 200);
+        body
+    }
+
     async fn finish(mut self) {
         self.stop.cancel();
         if let Some(relay) = self.relay.take() {
             relay.wait().await.expect("the relay stops cleanly");
         }
-        for table in [
-            format!("{}_half", self.outbox),
-            self.outbox.clone(),
-            self.markers.clone(),
-            self.dead_letters.clone(),
-        ] {
-            let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-                "DROP TABLE IF EXISTS {table} CASCADE"
-            )))
-            .execute(&self.pool)
+        self.source
+            .drop_tables(&[
+                format!("{}_half", self.outbox),
+                self.outbox.clone(),
+                self.markers.clone(),
+            ])
             .await;
-        }
+        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP TABLE IF EXISTS {} CASCADE",
+            self.dead_letters
+        )))
+        .execute(&self.dead_letter_pool)
+        .await;
         if let Ok(client) = redis::Client::open(REDIS)
             && let Ok(mut connection) = client.get_multiplexed_async_connection().await
         {
@@ -282,9 +308,8 @@ fn loopback() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], free_port().expect("a free port")))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_committed_message_is_delivered_once_and_a_rolled_back_one_never() {
-    let world = World::start().await;
+async fn a_committed_message_is_delivered_once_and_a_rolled_back_one_never(engine: DatabaseEngine) {
+    let world = World::start(engine).await;
     let committed = world.prepare_and_run(true).await;
     world.api.commit(committed).await.expect("commit");
     let rolled_back = world.prepare_and_run(false).await;
@@ -321,12 +346,30 @@ async fn a_committed_message_is_delivered_once_and_a_rolled_back_one_never() {
         world.state(rolled_back).await,
         ("rolled_back".into(), Some("producer".into()), 0)
     );
+    // Repeated calls count once; the table holds nothing waiting.
+    let status = world.half_status(|status| status["waiting"] == 0).await;
+    assert_eq!(
+        status,
+        json!({"waiting": 0, "oldestWaitingAgeSeconds": 0, "deadLetteredKept": 0,
+               "preparedTotal": 2, "committedTotal": 1, "rolledBackTotal": 1,
+               "deadLetteredTotal": 0, "failedCheckBacksTotal": 0})
+    );
+    let metrics = world.metrics().await;
+    for line in [
+        r#"ferry_relay_half_messages_decided_total{state="committed",by="producer"} 1"#,
+        r#"ferry_relay_half_messages_decided_total{state="rolled_back",by="producer"} 1"#,
+        "ferry_relay_half_messages_prepared_total 2",
+        "ferry_relay_half_messages_waiting 0",
+    ] {
+        assert!(metrics.contains(line), "{line} missing from\n{metrics}");
+    }
     world.finish().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_producer_that_crashed_after_its_local_commit_is_checked_back_and_delivered() {
-    let world = World::start().await;
+async fn a_producer_that_crashed_after_its_local_commit_is_checked_back_and_delivered(
+    engine: DatabaseEngine,
+) {
+    let world = World::start(engine).await;
     // The local transaction committed, the commit call never came.
     let id = world.prepare_and_run(true).await;
     let state = world.wait_state(id, "committed").await;
@@ -335,25 +378,27 @@ async fn a_producer_that_crashed_after_its_local_commit_is_checked_back_and_deli
     world.finish().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_producer_that_crashed_before_its_local_commit_is_answered_rolled_back() {
-    let world = World::start().await;
+async fn a_producer_that_crashed_before_its_local_commit_is_answered_rolled_back(
+    engine: DatabaseEngine,
+) {
+    let world = World::start(engine).await;
     let id = world.prepare_and_run(false).await;
     let state = world.wait_state(id, "rolled_back").await;
     assert_eq!(state, ("rolled_back".into(), Some("check-back".into()), 0));
     // The answer stands: the producer's transaction, should it run late, cannot commit.
-    let mut tx = world.pool.begin().await.expect("begin");
-    let late = producer::mark_committed(&mut tx, &world.markers, id).await;
-    assert!(late.is_err(), "a late local commit must fail on the marker");
-    tx.rollback().await.expect("rollback");
+    assert!(
+        world.source.late_marker_refused(&world.markers, id).await,
+        "a late local commit must fail on the marker"
+    );
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(world.published(id).await, 0);
     world.finish().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_unreachable_check_back_is_retried_then_dead_lettered_with_the_reason() {
-    let world = World::start().await;
+async fn an_unreachable_check_back_is_retried_then_dead_lettered_with_the_reason(
+    engine: DatabaseEngine,
+) {
+    let world = World::start(engine).await;
     world.endpoint.down.store(true, Ordering::SeqCst);
     let id = world.prepare_and_run(true).await;
     let state = world.wait_state(id, "dead_lettered").await;
@@ -370,7 +415,7 @@ async fn an_unreachable_check_back_is_retried_then_dead_lettered_with_the_reason
         world.dead_letters
     )))
     .bind(id.to_string())
-    .fetch_one(&world.pool)
+    .fetch_one(&world.dead_letter_pool)
     .await
     .expect("the dead letter");
     assert_eq!(attempts, MAX_CHECKS as i32);
@@ -382,12 +427,25 @@ async fn an_unreachable_check_back_is_retried_then_dead_lettered_with_the_reason
     // A decision after that is a conflict, not a late publish.
     let refused = world.api.commit(id).await.expect_err("a conflict");
     assert!(refused.to_string().contains("409"), "{refused}");
+    let status = world
+        .half_status(|status| status["deadLetteredKept"] == 1)
+        .await;
+    assert_eq!(status["deadLetteredKept"], 1, "{status}");
+    assert_eq!(status["waiting"], 0, "{status}");
+    assert_eq!(status["deadLetteredTotal"], 1, "{status}");
+    assert_eq!(status["failedCheckBacksTotal"], MAX_CHECKS, "{status}");
+    let metrics = world.metrics().await;
+    assert!(
+        metrics.contains(
+            r#"ferry_relay_half_messages_decided_total{state="dead_lettered",by="max-checks"} 1"#
+        ),
+        "{metrics}"
+    );
     world.finish().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_duplicate_commits_publish_once() {
-    let world = World::start().await;
+async fn concurrent_duplicate_commits_publish_once(engine: DatabaseEngine) {
+    let world = World::start(engine).await;
     let id = world.prepare_and_run(true).await;
     let calls: Vec<_> = (0..8)
         .map(|_| {
@@ -406,31 +464,26 @@ async fn concurrent_duplicate_commits_publish_once() {
     world.finish().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_check_back_waits_for_the_producers_open_transaction() {
-    let world = World::start().await;
+async fn a_check_back_waits_for_the_producers_open_transaction(engine: DatabaseEngine) {
+    let world = World::start(engine).await;
     let id = Uuid::now_v7();
-    let mut tx = world.pool.begin().await.expect("begin");
-    producer::mark_committed(&mut tx, &world.markers, id)
-        .await
-        .expect("the marker");
-    let pool = world.pool.clone();
+    let tx = world.source.begin_marked(&world.markers, id).await;
+    let source = world.source.clone();
     let markers = world.markers.clone();
-    let check = tokio::spawn(async move { producer::check_back(&pool, &markers, id).await });
+    let check = tokio::spawn(async move { source.check_back(&markers, id).await });
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(
         !check.is_finished(),
         "the check-back must wait for the open transaction"
     );
-    tx.commit().await.expect("commit");
+    tx.commit().await;
     let outcome = check.await.expect("the task").expect("the check-back");
     assert_eq!(outcome, Outcome::Committed);
     world.finish().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_requests_are_refused_with_a_status_and_a_message() {
-    let world = World::start().await;
+async fn bad_requests_are_refused_with_a_status_and_a_message(engine: DatabaseEngine) {
+    let world = World::start(engine).await;
     let http = reqwest::Client::new();
     let base = format!("http://{}/v1/half-messages", world.api_address);
     let valid =
@@ -507,26 +560,21 @@ async fn bad_requests_are_refused_with_a_status_and_a_message() {
         assert!(!body.contains(TOKEN), "{what}: the token leaked: {body}");
     }
     // None of that stored anything.
-    let stored: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-        "SELECT count(*) FROM {}_half",
-        world.outbox
-    )))
-    .fetch_one(&world.pool)
-    .await
-    .expect("count");
-    assert_eq!(stored, 0);
+    let half = format!("{}_half", world.outbox);
+    assert_eq!(world.source.count(&half, None).await, 0);
     world.finish().await;
 }
 
-#[tokio::test]
-async fn decided_messages_are_purged_after_the_retention_and_the_undecided_kept() {
-    use ferry::transactional::{DecidedBy, Decision, HalfStore, NewHalfMessage};
-    let pool = PgPool::connect(POSTGRES).await.expect("PostgreSQL");
+async fn decided_messages_are_purged_after_the_retention_and_the_undecided_kept(
+    engine: DatabaseEngine,
+) {
+    use ferry::transactional::{DecidedBy, Decision, NewHalfMessage, store};
+    let (source, url) = Source::open(engine).await;
     let outbox = unique_name("txp");
-    ferry::outbox::migrate::migrate(ferry::api::DatabaseEngine::Postgres, POSTGRES, &outbox)
+    ferry::outbox::migrate::migrate(engine, &url, &outbox)
         .await
         .expect("migrate the outbox");
-    let store = HalfStore::with_pool(pool.clone(), &outbox);
+    let store = store::open(engine, &url, &outbox).await.expect("the store");
     store.migrate().await.expect("the half-message table");
     let message: NewHalfMessage = serde_json::from_value(json!({
         "aggregateType": "Order", "aggregateId": "1", "eventType": "order.placed", "payload": {"n": 1}
@@ -571,19 +619,43 @@ async fn decided_messages_are_purged_after_the_retention_and_the_undecided_kept(
         assert_eq!(store.state(id).await.is_ok(), kept, "{id}");
     }
     // The committed one's outbox row is the relay's business, not the purge's.
-    let in_outbox: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-        "SELECT count(*) FROM {outbox} WHERE id = $1"
-    )))
-    .bind(ids[0])
-    .fetch_one(&pool)
-    .await
-    .expect("count");
-    assert_eq!(in_outbox, 1);
-    for table in [format!("{outbox}_half"), outbox] {
-        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DROP TABLE IF EXISTS {table} CASCADE"
-        )))
-        .execute(&pool)
+    assert_eq!(source.count(&outbox, Some(ids[0])).await, 1);
+    source
+        .drop_tables(&[format!("{outbox}_half"), outbox])
         .await;
-    }
 }
+
+/// Every scenario, once per source engine.
+macro_rules! on_every_engine {
+    ($($scenario:ident),* $(,)?) => {
+        mod postgres {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $scenario() {
+                super::$scenario(ferry::api::DatabaseEngine::Postgres).await
+            })*
+        }
+        mod mysql {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $scenario() {
+                super::$scenario(ferry::api::DatabaseEngine::Mysql).await
+            })*
+        }
+        mod sqlite {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $scenario() {
+                super::$scenario(ferry::api::DatabaseEngine::Sqlite).await
+            })*
+        }
+    };
+}
+
+on_every_engine!(
+    a_committed_message_is_delivered_once_and_a_rolled_back_one_never,
+    a_producer_that_crashed_after_its_local_commit_is_checked_back_and_delivered,
+    a_producer_that_crashed_before_its_local_commit_is_answered_rolled_back,
+    an_unreachable_check_back_is_retried_then_dead_lettered_with_the_reason,
+    concurrent_duplicate_commits_publish_once,
+    a_check_back_waits_for_the_producers_open_transaction,
+    bad_requests_are_refused_with_a_status_and_a_message,
+    decided_messages_are_purged_after_the_retention_and_the_undecided_kept,
+);

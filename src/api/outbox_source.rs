@@ -66,7 +66,6 @@ pub const DEFAULT_OUTBOX_TABLE: &str = "ferry_outbox";
 #[x_kube(validation = Rule::new("!has(self.capture) || !has(self.capture.notify) || !self.capture.notify || self.database.engine == 'postgres'").message("capture.notify needs a postgres database: other engines have no notifications").field_path(".capture.notify"))]
 #[x_kube(validation = Rule::new("self.database.engine != 'sqlite' || !has(self.relay) || self.relay.replicas <= 1").message("a sqlite outbox has one writer at a time: relay.replicas must be 0 or 1").field_path(".relay.replicas"))]
 #[x_kube(validation = Rule::new("!has(self.lag) || !has(self.lag.maxAge) || duration(self.lag.maxAge) > duration('0s')").message("lag.maxAge must be greater than zero").field_path(".lag.maxAge"))]
-#[x_kube(validation = Rule::new("!has(self.transactionalMessages) || !self.transactionalMessages.enabled || self.database.engine == 'postgres'").message("transactionalMessages needs a postgres database for now: the half-message table exists only there").field_path(".transactionalMessages.enabled"))]
 pub struct OutboxSourceSpec {
     /// The database that holds the outbox table.
     pub database: OutboxDatabase,

@@ -95,7 +95,7 @@ impl Producers {
                     .map_err(|error| BenchError::Relay(error.to_string()))?;
                 let mut tx = self.pool.begin().await?;
                 self.insert_order(&mut tx, &id.to_string(), &key, n).await?;
-                mark_committed(&mut tx, &self.markers, id).await?;
+                mark_committed(&mut *tx, &self.markers, id).await?;
                 tx.commit().await?;
                 self.api
                     .commit(id)
@@ -207,7 +207,9 @@ async fn measure(
     destination.prepare().await?;
     setup::create_outbox(&args.database_url, outbox).await?;
     setup::create_orders(pool, orders).await?;
-    for statement in crate::transactional::producer::marker_ddl(markers) {
+    for statement in
+        crate::transactional::producer::marker_ddl(crate::api::DatabaseEngine::Postgres, markers)
+    {
         sqlx::query(trusted(statement)).execute(pool).await?;
     }
     let api_listen = setup::free_loopback()?;

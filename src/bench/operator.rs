@@ -95,7 +95,7 @@ struct SteadyProbe {
 
 impl SteadyProbe {
     fn new() -> Self {
-        let relay = RelayMetrics::new(&mut Registry::default());
+        let relay = RelayMetrics::new(&mut Registry::default(), false);
         relay.record_published("orders", 25_000);
         let now = Utc::now();
         relay.record_pending(

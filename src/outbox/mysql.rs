@@ -21,23 +21,28 @@ pub struct MySqlOutbox {
     table: TableName,
 }
 
+/// Opens a MySQL pool the way Ferry's claims need it: READ COMMITTED on every connection, so
+/// that locking reads take no gap locks (which would block producers' inserts).
+pub async fn open_pool(url: &str) -> Result<MySqlPool, sqlx::Error> {
+    MySqlPoolOptions::new()
+        .acquire_timeout(super::ACQUIRE_TIMEOUT)
+        .max_connections(8)
+        .after_connect(|connection, _| {
+            Box::pin(async move {
+                sqlx::query("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+                    .execute(&mut *connection)
+                    .await?;
+                Ok(())
+            })
+        })
+        .connect(url)
+        .await
+}
+
 impl MySqlOutbox {
     pub async fn connect(url: &str, table: &str) -> Result<Self, StoreError> {
-        let pool = MySqlPoolOptions::new()
-            .acquire_timeout(super::ACQUIRE_TIMEOUT)
-            .max_connections(8)
-            .after_connect(|connection, _| {
-                Box::pin(async move {
-                    sqlx::query("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
-                        .execute(&mut *connection)
-                        .await?;
-                    Ok(())
-                })
-            })
-            .connect(url)
-            .await?;
         Ok(Self {
-            pool,
+            pool: open_pool(url).await?,
             table: TableName::new(table),
         })
     }

@@ -17,6 +17,7 @@ use crate::{
     dlq::depth::Depth,
     observe::{Health, http::StatusReport},
     outbox::PendingStats,
+    transactional::metrics::HalfMetrics,
 };
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -43,6 +44,8 @@ pub struct RelayMetrics {
     pub failed_rows: Gauge,
     /// This source's dead letters waiting for a decision, when the queue is a table.
     pub dead_letter_depth: Arc<Depth>,
+    /// Half messages, when the transactional API is enabled.
+    pub half: Option<Arc<HalfMetrics>>,
     published_total: AtomicU64,
     dead_lettered_total: AtomicU64,
     pending: AtomicI64,
@@ -51,7 +54,8 @@ pub struct RelayMetrics {
 }
 
 impl RelayMetrics {
-    pub fn new(registry: &mut Registry) -> Arc<Self> {
+    pub fn new(registry: &mut Registry, transactional: bool) -> Arc<Self> {
+        let half = transactional.then(|| Arc::new(HalfMetrics::new(registry)));
         let metrics = Arc::new(Self {
             published: Family::default(),
             dead_lettered: Family::default(),
@@ -66,6 +70,7 @@ impl RelayMetrics {
             oldest_pending_age_seconds: Gauge::default(),
             failed_rows: Gauge::default(),
             dead_letter_depth: Arc::new(Depth::new(Gauge::default())),
+            half,
             published_total: AtomicU64::new(0),
             dead_lettered_total: AtomicU64::new(0),
             pending: AtomicI64::new(-1),
@@ -176,6 +181,7 @@ impl StatusReport for RelayReport {
             "brokerConnected": self.health.broker(),
             "ready": self.health.ready(),
             "lastError": self.health.last_error(),
+            "halfMessages": self.metrics.half.as_ref().map(|half| half.status()),
         })
     }
 }

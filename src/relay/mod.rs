@@ -73,7 +73,7 @@ pub async fn start(
 ) -> std::io::Result<RunningRelay> {
     let health = Arc::new(Health::default());
     let mut registry = Registry::default();
-    let relay_metrics = metrics::RelayMetrics::new(&mut registry);
+    let relay_metrics = metrics::RelayMetrics::new(&mut registry, config.transactional.is_some());
     let report = Arc::new(metrics::RelayReport {
         metrics: relay_metrics.clone(),
         health: health.clone(),
@@ -199,16 +199,22 @@ async fn run_workers(shared: Arc<Shared>, shutdown: &CancellationToken) {
     if shared.config.cleanup.mode == CleanupMode::Mark {
         tokio::spawn(purge(shared.clone(), background.clone()));
     }
-    let transactional = shared.config.transactional.clone().map(|api| {
-        tokio::spawn(crate::transactional::run(
-            api,
-            shared.config.database.clone(),
-            shared.config.retry.clone(),
-            shared.dead_letters.clone(),
-            shared.config.source.origin(),
-            background.clone(),
-        ))
-    });
+    let transactional = shared
+        .config
+        .transactional
+        .clone()
+        .zip(shared.metrics.half.clone())
+        .map(|(api, half_metrics)| {
+            tokio::spawn(crate::transactional::run(
+                api,
+                half_metrics,
+                shared.config.database.clone(),
+                shared.config.retry.clone(),
+                shared.dead_letters.clone(),
+                shared.config.source.origin(),
+                background.clone(),
+            ))
+        });
     let workers = if shared.store.supports_concurrent_claims() {
         shared.config.capture.workers.max(1)
     } else {

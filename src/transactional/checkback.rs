@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use super::{DecidedBy, Decision, HalfError, HalfMessage, HalfStore};
+use super::{DecidedBy, Decision, HalfError, HalfMessage, HalfStore, State, metrics::HalfMetrics};
 use crate::config::TransactionalConfig;
 use crate::dlq::{DeadLetter, DeadLetterStore};
 
@@ -25,7 +25,8 @@ const PURGE_EVERY: Duration = Duration::from_secs(60);
 const PURGE_BATCH: u32 = 1000;
 
 pub struct CheckBack {
-    pub store: Arc<HalfStore>,
+    pub store: Arc<dyn HalfStore>,
+    pub metrics: Arc<HalfMetrics>,
     pub http: reqwest::Client,
     pub url: String,
     pub interval: Duration,
@@ -46,13 +47,15 @@ struct Answer {
 impl CheckBack {
     pub fn new(
         config: &TransactionalConfig,
-        store: Arc<HalfStore>,
+        store: Arc<dyn HalfStore>,
+        metrics: Arc<HalfMetrics>,
         dead_letters: Option<Arc<dyn DeadLetterStore>>,
         origin: String,
     ) -> Result<Self, reqwest::Error> {
         let timeout = config.check_timeout.as_std();
         Ok(Self {
             store,
+            metrics,
             http: reqwest::Client::builder().timeout(timeout).build()?,
             url: config.check_back_url.clone(),
             interval: config.check_interval.as_std(),
@@ -120,6 +123,10 @@ impl CheckBack {
                     .decide(message.id, decision, DecidedBy::CheckBack)
                     .await
                 {
+                    Ok(decided) if !decided.repeated => {
+                        self.metrics
+                            .record_decided(decided.state, DecidedBy::CheckBack);
+                    }
                     // Decided meanwhile by the producer's own call: that decision stands.
                     Ok(_) | Err(HalfError::Conflict { .. } | HalfError::NotFound(_)) => {}
                     Err(error) => return Err(error),
@@ -133,6 +140,7 @@ impl CheckBack {
             .store
             .check_failed(message.id, &problem, self.interval)
             .await?;
+        self.metrics.record_failed_check();
         tracing::warn!(id = %message.id, checks, error = %problem, "check-back got no answer");
         if checks >= self.max_checks as i32 {
             self.give_up(message, checks, &problem).await?;
@@ -215,6 +223,8 @@ impl CheckBack {
             }
         }
         if self.store.give_up(message.id, &reason).await? {
+            self.metrics
+                .record_decided(State::DeadLettered, DecidedBy::MaxChecks);
             tracing::warn!(id = %message.id, %reason, "half message dead-lettered");
         }
         Ok(())

@@ -2,13 +2,15 @@
 //! producer prepares a message with the relay, runs its local transaction, then commits or rolls
 //! the message back; a message left undecided is checked back with the producer.
 //!
-//! - `store`: the half-message table beside the outbox;
+//! - `store`: the half-message table beside the outbox, one module per engine;
 //! - `server`: the relay's HTTP API (prepare, commit, rollback, state);
 //! - `checkback`: the loop that asks producers about undecided messages;
+//! - `metrics`: what `/metrics` and `/status` say about them;
 //! - `producer`: the helpers a Rust producer uses, including the marker row that makes the
 //!   check-back's answer definite.
 
 pub mod checkback;
+pub mod metrics;
 pub mod producer;
 pub mod server;
 pub mod store;
@@ -19,7 +21,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-pub use store::{HalfStore, State};
+pub use store::{Decided, HalfStats, HalfStore, State};
 
 /// What a producer prepares: an outbox row's fields.
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -114,12 +116,16 @@ impl HalfError {
     }
 }
 
+/// How often the table's waiting and dead-lettered messages are counted for the gauges.
+const COUNT_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Runs the API and the check-back for a relay until `stop`: opens the half-message table
 /// (creating it when missing; retried with backoff while the database is unreachable), reads
 /// the token, then serves. A port that cannot be bound is logged as an error and leaves the
 /// relay's publishing running.
 pub async fn run(
     config: crate::config::TransactionalConfig,
+    metrics: std::sync::Arc<metrics::HalfMetrics>,
     database: crate::config::DatabaseConfig,
     retry: crate::api::retry_policy::RetryPolicySpec,
     dead_letters: Option<std::sync::Arc<dyn crate::dlq::DeadLetterStore>>,
@@ -135,7 +141,7 @@ pub async fn run(
                 .token
                 .read()
                 .map_err(|e| format!("the API token: {e}"))?;
-            let store = HalfStore::connect(&url, &database.table)
+            let store = store::open(database.engine, &url, &database.table)
                 .await
                 .map_err(|e| e.to_string())?;
             store.migrate().await.map_err(|e| e.to_string())?;
@@ -151,10 +157,11 @@ pub async fn run(
             }
         }
     };
-    let store = std::sync::Arc::new(store);
+    tokio::spawn(count_table(store.clone(), metrics.clone(), stop.clone()));
     let served = server::serve(
         config.listen,
         store.clone(),
+        metrics.clone(),
         token,
         config.first_check_delay.as_std(),
         config.max_request_bytes as usize,
@@ -171,9 +178,26 @@ pub async fn run(
             return;
         }
     };
-    match checkback::CheckBack::new(&config, store, dead_letters, origin) {
+    match checkback::CheckBack::new(&config, store, metrics, dead_letters, origin) {
         Ok(check_back) => check_back.run(stop).await,
         Err(error) => tracing::error!(%error, "cannot build the check-back HTTP client"),
     }
     let _ = server.await;
+}
+
+/// Refreshes the gauges of waiting and dead-lettered messages until `stop`.
+async fn count_table(
+    store: std::sync::Arc<dyn HalfStore>,
+    metrics: std::sync::Arc<metrics::HalfMetrics>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    loop {
+        match store.stats().await {
+            Ok(stats) => metrics.record_table(stats, Utc::now()),
+            Err(error) => tracing::debug!(%error, "cannot count half messages"),
+        }
+        if !crate::retry::sleep_or_stop(COUNT_EVERY, &stop).await {
+            return;
+        }
+    }
 }

@@ -23,36 +23,109 @@
 
 use serde::Serialize;
 use serde_json::{Value, json};
-use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use crate::outbox::trusted;
+use crate::{api::DatabaseEngine, outbox::trusted};
 
-/// The marker table's DDL (PostgreSQL); each statement is idempotent.
-pub fn marker_ddl(table: &str) -> Vec<String> {
+/// The engines a producer's marker table can live in, with their SQL. The marker id is bound
+/// as text everywhere (PostgreSQL casts it to its `UUID` column).
+pub trait MarkerEngine: sqlx::Database {
+    /// Inserts a marker with a given state; fails on an existing one.
+    fn insert(table: &str) -> String;
+    /// Inserts a `rolled_back` marker unless one exists, waiting for an uncommitted one.
+    fn insert_rolled_back_unless_marked(table: &str) -> String;
+    fn select_state(table: &str) -> String;
+}
+
+impl MarkerEngine for sqlx::Postgres {
+    fn insert(table: &str) -> String {
+        format!("INSERT INTO {table} (id, state) VALUES ($1::uuid, $2)")
+    }
+    fn insert_rolled_back_unless_marked(table: &str) -> String {
+        format!(
+            "INSERT INTO {table} (id, state) VALUES ($1::uuid, 'rolled_back') ON CONFLICT (id) DO NOTHING"
+        )
+    }
+    fn select_state(table: &str) -> String {
+        format!("SELECT state FROM {table} WHERE id = $1::uuid")
+    }
+}
+
+impl MarkerEngine for sqlx::MySql {
+    fn insert(table: &str) -> String {
+        format!("INSERT INTO {table} (id, state) VALUES (?, ?)")
+    }
+    // InnoDB makes an insert that meets an uncommitted duplicate key wait for that transaction
+    // (a shared lock on the record); `ON DUPLICATE KEY UPDATE id = id` then changes nothing.
+    // (`INSERT IGNORE` would also swallow unrelated errors.)
+    fn insert_rolled_back_unless_marked(table: &str) -> String {
+        format!(
+            "INSERT INTO {table} (id, state) VALUES (?, 'rolled_back') ON DUPLICATE KEY UPDATE id = id"
+        )
+    }
+    fn select_state(table: &str) -> String {
+        format!("SELECT state FROM {table} WHERE id = ?")
+    }
+}
+
+impl MarkerEngine for sqlx::Sqlite {
+    fn insert(table: &str) -> String {
+        format!("INSERT INTO {table} (id, state) VALUES (?, ?)")
+    }
+    // SQLite has one writer: the insert waits (busy timeout) for an open write transaction.
+    fn insert_rolled_back_unless_marked(table: &str) -> String {
+        format!(
+            "INSERT INTO {table} (id, state) VALUES (?, 'rolled_back') ON CONFLICT (id) DO NOTHING"
+        )
+    }
+    fn select_state(table: &str) -> String {
+        format!("SELECT state FROM {table} WHERE id = ?")
+    }
+}
+
+/// The marker table's DDL; each statement is idempotent.
+pub fn marker_ddl(engine: DatabaseEngine, table: &str) -> Vec<String> {
+    let (id, time) = match engine {
+        DatabaseEngine::Postgres => ("UUID", "TIMESTAMPTZ NOT NULL DEFAULT now()"),
+        DatabaseEngine::Mysql => (
+            "CHAR(36)",
+            "TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6)",
+        ),
+        DatabaseEngine::Sqlite => (
+            "TEXT",
+            "TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))",
+        ),
+    };
     vec![format!(
         "CREATE TABLE IF NOT EXISTS {table} (
-    id         UUID PRIMARY KEY,
-    state      TEXT NOT NULL CHECK (state IN ('committed', 'rolled_back')),
-    created_at TIMESTAMPTZ NOT NULL DEFAULT now()
+    id         {id} NOT NULL PRIMARY KEY,
+    state      VARCHAR(16) NOT NULL CHECK (state IN ('committed', 'rolled_back')),
+    created_at {time}
 )"
     )]
 }
 
-/// Inserts the `committed` marker for `id` inside the producer's own transaction. Fails (a
-/// unique violation) when the check-back already answered `rolled_back` for it: the transaction
-/// must then not commit, which keeps the business change and the message together.
-pub async fn mark_committed(
-    connection: &mut PgConnection,
+/// Inserts the `committed` marker for `id` inside the producer's own transaction (pass the
+/// transaction: `&mut *tx`). Fails (a unique violation) when the check-back already answered
+/// `rolled_back` for it: the transaction must then not commit, which keeps the business change
+/// and the message together.
+pub async fn mark_committed<'c, DB, E>(
+    executor: E,
     table: &str,
     id: Uuid,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(trusted(format!(
-        "INSERT INTO {table} (id, state) VALUES ($1, 'committed')"
-    )))
-    .bind(id)
-    .execute(connection)
-    .await?;
+) -> Result<(), sqlx::Error>
+where
+    DB: MarkerEngine,
+    E: sqlx::Executor<'c, Database = DB>,
+    DB::Arguments: sqlx::IntoArguments<DB>,
+    for<'t> String: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
+    for<'t> &'t str: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
+{
+    sqlx::query::<DB>(trusted(DB::insert(table)))
+        .bind(id.to_string())
+        .bind("committed")
+        .execute(executor)
+        .await?;
     Ok(())
 }
 
@@ -73,18 +146,29 @@ impl Outcome {
 
 /// Answers a check-back: waits for a transaction still holding `id`'s marker, and records
 /// `rolled_back` when there is none, so the answer can never change afterwards.
-pub async fn check_back(pool: &PgPool, table: &str, id: Uuid) -> Result<Outcome, sqlx::Error> {
-    sqlx::query(trusted(format!(
-        "INSERT INTO {table} (id, state) VALUES ($1, 'rolled_back') ON CONFLICT (id) DO NOTHING"
-    )))
-    .bind(id)
-    .execute(pool)
-    .await?;
-    let state: String =
-        sqlx::query_scalar(trusted(format!("SELECT state FROM {table} WHERE id = $1")))
-            .bind(id)
-            .fetch_one(pool)
-            .await?;
+pub async fn check_back<DB>(
+    pool: &sqlx::Pool<DB>,
+    table: &str,
+    id: Uuid,
+) -> Result<Outcome, sqlx::Error>
+where
+    DB: MarkerEngine,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    DB::Arguments: sqlx::IntoArguments<DB>,
+    for<'t> String: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
+    for<'r> String: sqlx::Decode<'r, DB>,
+    usize: sqlx::ColumnIndex<DB::Row>,
+{
+    let mut connection = pool.acquire().await?;
+    sqlx::query::<DB>(trusted(DB::insert_rolled_back_unless_marked(table)))
+        .bind(id.to_string())
+        .execute(&mut *connection)
+        .await?;
+    let row = sqlx::query::<DB>(trusted(DB::select_state(table)))
+        .bind(id.to_string())
+        .fetch_one(&mut *connection)
+        .await?;
+    let state: String = sqlx::Row::try_get(&row, 0)?;
     Ok(if state == "committed" {
         Outcome::Committed
     } else {

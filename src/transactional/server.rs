@@ -23,10 +23,11 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::{DecidedBy, Decision, HalfError, HalfStore, NewHalfMessage};
+use super::{DecidedBy, Decision, HalfError, HalfStore, NewHalfMessage, metrics::HalfMetrics};
 
 struct Api {
-    store: Arc<HalfStore>,
+    store: Arc<dyn HalfStore>,
+    metrics: Arc<HalfMetrics>,
     token: String,
     first_check: std::time::Duration,
 }
@@ -34,7 +35,8 @@ struct Api {
 /// Binds `listen` and serves until `shutdown`; returns the bound address.
 pub async fn serve(
     listen: SocketAddr,
-    store: Arc<HalfStore>,
+    store: Arc<dyn HalfStore>,
+    metrics: Arc<HalfMetrics>,
     token: String,
     first_check: std::time::Duration,
     max_request_bytes: usize,
@@ -42,6 +44,7 @@ pub async fn serve(
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let state = Arc::new(Api {
         store,
+        metrics,
         token,
         first_check,
     });
@@ -110,11 +113,14 @@ async fn prepare(
         }
     }
     match api.store.prepare(&message, api.first_check).await {
-        Ok(id) => (
-            StatusCode::CREATED,
-            Json(json!({"id": id, "state": "prepared"})),
-        )
-            .into_response(),
+        Ok(id) => {
+            api.metrics.record_prepared();
+            (
+                StatusCode::CREATED,
+                Json(json!({"id": id, "state": "prepared"})),
+            )
+                .into_response()
+        }
         Err(problem) => failure(&problem),
     }
 }
@@ -135,7 +141,13 @@ async fn decide(api: &Api, id: &str, decision: Decision) -> Response {
         );
     };
     match api.store.decide(id, decision, DecidedBy::Producer).await {
-        Ok(state) => Json(json!({"id": id, "state": state})).into_response(),
+        Ok(decided) => {
+            if !decided.repeated {
+                api.metrics
+                    .record_decided(decided.state, DecidedBy::Producer);
+            }
+            Json(json!({"id": id, "state": decided.state})).into_response()
+        }
         Err(problem) => failure(&problem),
     }
 }

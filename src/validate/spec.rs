@@ -307,12 +307,7 @@ impl SpecCheck for OutboxSourceSpec {
             lag(&spec.child("lag"), thresholds, errors);
         }
         if let Some(transactional) = &self.transactional_messages {
-            transactional_messages(
-                &spec.child("transactionalMessages"),
-                transactional,
-                self.database.engine,
-                errors,
-            );
+            transactional_messages(&spec.child("transactionalMessages"), transactional, errors);
         }
     }
 }
@@ -320,15 +315,8 @@ impl SpecCheck for OutboxSourceSpec {
 fn transactional_messages(
     path: &FieldPath,
     transactional: &TransactionalMessages,
-    engine: DatabaseEngine,
     errors: &mut Vec<FieldError>,
 ) {
-    if transactional.enabled && engine != DatabaseEngine::Postgres {
-        errors.push(path.child("enabled").error(format!(
-            "needs a postgres database for now: the half-message table exists only there (got {})",
-            engine.as_str()
-        )));
-    }
     let port = path.child("port");
     in_range(&port, transactional.port, 1, Some(65_535), errors);
     if transactional.port == 8080 {

@@ -47,7 +47,7 @@ pub fn t2() -> Time {
 
 /// What the relay's `/status` serves, from the relay's own `RelayReport`.
 pub fn relay_status_json(pending: i64, oldest_age_seconds: i64, failed: i64) -> Value {
-    let metrics = RelayMetrics::new(&mut Registry::default());
+    let metrics = RelayMetrics::new(&mut Registry::default(), false);
     metrics.record_published("orders", 1500);
     metrics.record_dead_letter("no_route");
     let now = Utc::now();

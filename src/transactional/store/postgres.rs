@@ -1,56 +1,27 @@
-//! Half messages in the source database (PostgreSQL): a table beside the outbox where a prepared
-//! message waits, invisible to publishing, until it is committed (copied into the outbox in the
-//! same transaction that records the decision) or rolled back (kept, marked).
+//! The half-message table on PostgreSQL: leases for the check-back with `FOR UPDATE SKIP
+//! LOCKED`, decisions that need not wait for the disk flush.
 
+use std::time::Duration;
+
+use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use serde::Serialize;
 use sqlx::{PgPool, Row, postgres::PgPoolOptions};
 use uuid::Uuid;
 
-use super::{DecidedBy, Decision, HalfError, HalfMessage, NewHalfMessage};
+use super::{
+    Decided, DecidedBy, Decision, HalfError, HalfMessage, HalfStats, HalfStore, NewHalfMessage,
+    STATES, State, half_table, headers_json, judge, stats_sql,
+};
 use crate::outbox::{schema::TableName, trusted};
 
-/// How a half message stands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum State {
-    Prepared,
-    Committed,
-    RolledBack,
-    /// The check-back never got an answer: the message went to the dead-letter queue (or, with
-    /// none, stays here with the reason).
-    DeadLettered,
-}
-
-impl State {
-    fn parse(text: &str) -> Result<Self, HalfError> {
-        Ok(match text {
-            "prepared" => Self::Prepared,
-            "committed" => Self::Committed,
-            "rolled_back" => Self::RolledBack,
-            "dead_lettered" => Self::DeadLettered,
-            other => return Err(HalfError::Corrupt(format!("unknown state {other:?}"))),
-        })
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Prepared => "prepared",
-            Self::Committed => "committed",
-            Self::RolledBack => "rolled_back",
-            Self::DeadLettered => "dead_lettered",
-        }
-    }
-}
-
-/// The half-message table of one outbox: `<outbox>_half`.
-pub struct HalfStore {
+/// The half-message table of one PostgreSQL outbox.
+pub struct PgHalfStore {
     pool: PgPool,
     outbox: String,
     half: String,
 }
 
-impl HalfStore {
+impl PgHalfStore {
     pub async fn connect(url: &str, outbox: &str) -> Result<Self, HalfError> {
         let pool = PgPoolOptions::new()
             .max_connections(8)
@@ -67,26 +38,23 @@ impl HalfStore {
             half: half_table(outbox),
         }
     }
+}
 
-    /// Creates the table and its index when missing.
-    pub async fn migrate(&self) -> Result<(), HalfError> {
-        for statement in half_ddl(&self.outbox) {
+#[async_trait]
+impl HalfStore for PgHalfStore {
+    async fn migrate(&self) -> Result<(), HalfError> {
+        for statement in ddl(&self.outbox) {
             sqlx::query(trusted(statement)).execute(&self.pool).await?;
         }
         Ok(())
     }
 
-    /// Stores a prepared message; the first check-back is due after `first_check`.
-    pub async fn prepare(
+    async fn prepare(
         &self,
         message: &NewHalfMessage,
-        first_check: std::time::Duration,
+        first_check: Duration,
     ) -> Result<Uuid, HalfError> {
         let id = Uuid::now_v7();
-        let headers = (!message.headers.is_empty())
-            .then(|| serde_json::to_string(&message.headers))
-            .transpose()
-            .map_err(|error| HalfError::Corrupt(error.to_string()))?;
         sqlx::query(trusted(format!(
             "INSERT INTO {} (id, aggregate_type, aggregate_id, event_type, payload, headers, next_check_at)
              VALUES ($1, $2, $3, $4, $5::jsonb, $6::jsonb, now() + make_interval(secs => $7))",
@@ -97,23 +65,19 @@ impl HalfStore {
         .bind(&message.aggregate_id)
         .bind(&message.event_type)
         .bind(message.payload.get())
-        .bind(headers)
+        .bind(headers_json(message)?)
         .bind(first_check.as_secs_f64())
         .execute(&self.pool)
         .await?;
         Ok(id)
     }
 
-    /// Commits or rolls back `id`. The row is locked first, so concurrent calls for one id take
-    /// turns: the first decides, the others find the decision. Committing copies the message
-    /// into the outbox in the same transaction, so it is published exactly like a row the
-    /// service wrote itself, and never twice (the outbox's unique id would refuse a second copy).
-    pub async fn decide(
+    async fn decide(
         &self,
         id: Uuid,
         decision: Decision,
         by: DecidedBy,
-    ) -> Result<State, HalfError> {
+    ) -> Result<Decided, HalfError> {
         let mut tx = self.pool.begin().await?;
         let state: Option<String> = sqlx::query_scalar(trusted(format!(
             "SELECT state FROM {} WHERE id = $1 FOR UPDATE",
@@ -122,19 +86,11 @@ impl HalfStore {
         .bind(id)
         .fetch_optional(&mut *tx)
         .await?;
-        let Some(state) = state else {
-            return Err(HalfError::NotFound(id));
-        };
-        let state = State::parse(&state)?;
-        let wanted = decision.state();
-        if state == wanted {
-            return Ok(state);
-        }
-        if state != State::Prepared {
-            return Err(HalfError::Conflict {
-                id,
-                state,
-                wanted: decision,
+        let state = state.ok_or(HalfError::NotFound(id))?;
+        if let Some(decided) = judge(id, &state, decision)? {
+            return Ok(Decided {
+                state: decided,
+                repeated: true,
             });
         }
         if decision == Decision::Commit {
@@ -147,7 +103,15 @@ impl HalfStore {
             .execute(&mut *tx)
             .await?;
         }
-        self.record(&mut tx, id, wanted, by, None).await?;
+        sqlx::query(trusted(format!(
+            "UPDATE {} SET state = $2, decided_at = now(), decided_by = $3 WHERE id = $1",
+            self.half
+        )))
+        .bind(id)
+        .bind(decision.state().as_str())
+        .bind(by.as_str())
+        .execute(&mut *tx)
+        .await?;
         // A decision lost in a database crash leaves the message prepared, and the check-back
         // then asks the producer, whose marker answers the same: the decision need not wait for
         // the disk flush. (A prepare must: a producer told "prepared" builds on it.)
@@ -155,39 +119,13 @@ impl HalfStore {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        Ok(wanted)
+        Ok(Decided {
+            state: decision.state(),
+            repeated: false,
+        })
     }
 
-    async fn record(
-        &self,
-        tx: &mut sqlx::PgConnection,
-        id: Uuid,
-        state: State,
-        by: DecidedBy,
-        reason: Option<&str>,
-    ) -> Result<(), HalfError> {
-        sqlx::query(trusted(format!(
-            "UPDATE {} SET state = $2, decided_at = now(), decided_by = $3,
-                 last_check_error = coalesce($4, last_check_error)
-             WHERE id = $1",
-            self.half
-        )))
-        .bind(id)
-        .bind(state.as_str())
-        .bind(by.as_str())
-        .bind(reason)
-        .execute(tx)
-        .await?;
-        Ok(())
-    }
-
-    /// Takes up to `limit` prepared messages whose check is due, and pushes their next check
-    /// `lease` away, so that another relay replica does not check them at the same time.
-    pub async fn due(
-        &self,
-        limit: u32,
-        lease: std::time::Duration,
-    ) -> Result<Vec<HalfMessage>, HalfError> {
+    async fn due(&self, limit: u32, lease: Duration) -> Result<Vec<HalfMessage>, HalfError> {
         let rows = sqlx::query(trusted(format!(
             "UPDATE {half} h SET next_check_at = now() + make_interval(secs => $2)
              WHERE h.id IN (SELECT id FROM {half} WHERE state = 'prepared' AND next_check_at <= now()
@@ -203,12 +141,11 @@ impl HalfStore {
         rows.iter().map(half_message).collect()
     }
 
-    /// Records a check-back that got no answer; the next one is due after `interval`.
-    pub async fn check_failed(
+    async fn check_failed(
         &self,
         id: Uuid,
         error: &str,
-        interval: std::time::Duration,
+        interval: Duration,
     ) -> Result<i32, HalfError> {
         let checks: Option<i32> = sqlx::query_scalar(trusted(format!(
             "UPDATE {} SET checks = checks + 1, last_check_error = $2,
@@ -224,9 +161,7 @@ impl HalfStore {
         Ok(checks.unwrap_or_default())
     }
 
-    /// Marks `id` dead-lettered with the reason, once it is in the dead-letter queue (or, with
-    /// none, as the only record of it). A message decided meanwhile keeps its decision.
-    pub async fn give_up(&self, id: Uuid, reason: &str) -> Result<bool, HalfError> {
+    async fn give_up(&self, id: Uuid, reason: &str) -> Result<bool, HalfError> {
         let done = sqlx::query(trusted(format!(
             "UPDATE {} SET state = 'dead_lettered', decided_at = now(), decided_by = $2,
                  last_check_error = $3
@@ -241,9 +176,7 @@ impl HalfStore {
         Ok(done.rows_affected() == 1)
     }
 
-    /// Deletes up to `batch` committed or rolled-back messages decided before `before`; how
-    /// many. Dead-lettered ones stay: without a dead-letter queue they are the only record.
-    pub async fn purge_decided(&self, before: DateTime<Utc>, batch: u32) -> Result<u64, HalfError> {
+    async fn purge_decided(&self, before: DateTime<Utc>, batch: u32) -> Result<u64, HalfError> {
         let deleted = sqlx::query(trusted(format!(
             "DELETE FROM {half} WHERE id IN (
                  SELECT id FROM {half} WHERE state IN ('committed', 'rolled_back') AND decided_at < $1
@@ -257,8 +190,7 @@ impl HalfStore {
         Ok(deleted.rows_affected())
     }
 
-    /// How `id` stands, and how many check-backs it has had.
-    pub async fn state(&self, id: Uuid) -> Result<(State, i32), HalfError> {
+    async fn state(&self, id: Uuid) -> Result<(State, i32), HalfError> {
         let row = sqlx::query(trusted(format!(
             "SELECT state, checks FROM {} WHERE id = $1",
             self.half
@@ -270,39 +202,33 @@ impl HalfStore {
         Ok((State::parse(row.try_get("state")?)?, row.try_get("checks")?))
     }
 
-    /// Prepared messages waiting for a decision, and the oldest one's preparation time.
-    pub async fn pending(&self) -> Result<(i64, Option<DateTime<Utc>>), HalfError> {
-        let row = sqlx::query(trusted(format!(
-            "SELECT count(*) AS n, min(prepared_at) AS oldest FROM {} WHERE state = 'prepared'",
-            self.half
-        )))
-        .fetch_one(&self.pool)
-        .await?;
-        Ok((row.try_get("n")?, row.try_get("oldest")?))
+    async fn stats(&self) -> Result<HalfStats, HalfError> {
+        let row = sqlx::query(trusted(stats_sql(&self.half)))
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(HalfStats {
+            prepared: row.try_get("prepared")?,
+            oldest_prepared_at: row.try_get("oldest")?,
+            dead_lettered: row.try_get("dead_lettered")?,
+        })
     }
 }
 
 fn half_message(row: &sqlx::postgres::PgRow) -> Result<HalfMessage, HalfError> {
-    let headers: Option<String> = row.try_get("headers")?;
     Ok(HalfMessage {
         id: row.try_get("id")?,
         aggregate_type: row.try_get("aggregate_type")?,
         aggregate_id: row.try_get("aggregate_id")?,
         event_type: row.try_get("event_type")?,
         payload: row.try_get("payload")?,
-        headers,
+        headers: row.try_get("headers")?,
         checks: row.try_get("checks")?,
         prepared_at: row.try_get("prepared_at")?,
     })
 }
 
-/// `<outbox>_half`, in the outbox's schema.
-pub fn half_table(outbox: &str) -> String {
-    TableName::new(outbox).sibling("_half")
-}
-
-/// The half-message table's DDL; each statement is idempotent.
-pub fn half_ddl(outbox: &str) -> Vec<String> {
+/// The table and the index the check-back reads.
+pub fn ddl(outbox: &str) -> Vec<String> {
     let half = half_table(outbox);
     let bare = TableName::new(&half).bare;
     vec![
@@ -314,8 +240,7 @@ pub fn half_ddl(outbox: &str) -> Vec<String> {
     event_type       TEXT NOT NULL,
     payload          JSONB NOT NULL,
     headers          JSONB,
-    state            TEXT NOT NULL DEFAULT 'prepared'
-                     CHECK (state IN ('prepared', 'committed', 'rolled_back', 'dead_lettered')),
+    state            TEXT NOT NULL DEFAULT 'prepared' CHECK (state IN ({STATES})),
     prepared_at      TIMESTAMPTZ NOT NULL DEFAULT now(),
     decided_at       TIMESTAMPTZ,
     decided_by       TEXT,
@@ -326,6 +251,15 @@ pub fn half_ddl(outbox: &str) -> Vec<String> {
         ),
         format!(
             "CREATE INDEX IF NOT EXISTS {bare}_due ON {half} (next_check_at) WHERE state = 'prepared'"
+        ),
+        format!(
+            "CREATE INDEX IF NOT EXISTS {bare}_prepared ON {half} (prepared_at) WHERE state = 'prepared'"
+        ),
+        format!(
+            "CREATE INDEX IF NOT EXISTS {bare}_decided ON {half} (decided_at) WHERE state IN ('committed', 'rolled_back')"
+        ),
+        format!(
+            "CREATE INDEX IF NOT EXISTS {bare}_dead ON {half} (prepared_at) WHERE state = 'dead_lettered'"
         ),
     ]
 }
