@@ -76,6 +76,15 @@ fn relay_figures_come_from_the_relay_status_document() {
     assert_eq!(status.failed_rows, Some(0));
     assert_eq!(status.ready_replicas, Some(2));
     assert_eq!(status.last_error, None);
+    let half = status.half_messages.expect("the half-message figures");
+    assert_eq!(
+        (
+            half.waiting,
+            half.oldest_waiting_age_seconds,
+            half.dead_lettered_kept
+        ),
+        (Some(2), Some(9), Some(1))
+    );
 }
 
 #[test]

@@ -354,4 +354,22 @@ pub struct OutboxSourceStatus {
     /// The relay's most recent failure.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<LastErrorStatus>,
+    /// Transactional messages waiting for a decision, when `transactionalMessages` is enabled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub half_messages: Option<HalfMessagesStatus>,
+}
+
+/// Half messages in the source database, as the relay last counted them (every 5 s).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(default, rename_all = "camelCase")]
+pub struct HalfMessagesStatus {
+    /// Prepared and neither committed nor rolled back yet.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<i64>,
+    /// Age in seconds of the oldest waiting one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oldest_waiting_age_seconds: Option<i64>,
+    /// Never decided (the check-backs ran out): in the dead-letter queue, and kept in the table.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dead_lettered_kept: Option<i64>,
 }

@@ -47,10 +47,20 @@ pub fn t2() -> Time {
 
 /// What the relay's `/status` serves, from the relay's own `RelayReport`.
 pub fn relay_status_json(pending: i64, oldest_age_seconds: i64, failed: i64) -> Value {
-    let metrics = RelayMetrics::new(&mut Registry::default(), false);
+    let metrics = RelayMetrics::new(&mut Registry::default(), true);
     metrics.record_published("orders", 1500);
-    metrics.record_dead_letter("no_route");
     let now = Utc::now();
+    if let Some(half) = &metrics.half {
+        half.record_table(
+            ferry::transactional::HalfStats {
+                prepared: 2,
+                oldest_prepared_at: Some(now - chrono::Duration::seconds(9)),
+                dead_lettered: 1,
+            },
+            now,
+        );
+    }
+    metrics.record_dead_letter("no_route");
     metrics.record_pending(
         PendingStats {
             rows: pending,

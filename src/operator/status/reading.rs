@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use crate::api::{
     Consumer, OutboxSource,
     consumer::ConsumerStatus,
-    outbox_source::OutboxSourceStatus,
+    outbox_source::{HalfMessagesStatus, OutboxSourceStatus},
     status::{CommonStatus, LagStatus, LastErrorStatus},
 };
 
@@ -82,6 +82,8 @@ pub struct RelayReading {
     pub broker_connected: Option<bool>,
     pub ready: Option<bool>,
     pub last_error: Option<ReportedError>,
+    /// Null when the transactional-message API is off.
+    pub half_messages: Option<HalfMessagesStatus>,
 }
 
 /// The consumer's `/status` (`consumer::metrics::ConsumerReport`).
@@ -180,6 +182,8 @@ impl Reading for RelayReading {
         status.dead_lettered_total = total(self.dead_lettered_total).or(status.dead_lettered_total);
         status.failed_rows = self.failed_rows.or(status.failed_rows);
         status.last_error = self.last_error.as_ref().map(LastErrorStatus::from);
+        // Not kept from before: a relay without the section has the API turned off.
+        status.half_messages = self.half_messages.clone();
     }
 }
 
