@@ -154,6 +154,15 @@ pub(crate) fn judge(id: Uuid, state: &str, decision: Decision) -> Result<Option<
     }
 }
 
+/// The statement that makes a committed message an outbox row: the same columns in every
+/// engine, the message's id as the outbox row's id; `id` is the engine's placeholder.
+pub(crate) fn copy_into_outbox_sql(outbox: &str, half: &str, id: &str) -> String {
+    format!(
+        "INSERT INTO {outbox} (id, aggregate_type, aggregate_id, event_type, payload, headers)
+         SELECT id, aggregate_type, aggregate_id, event_type, payload, headers FROM {half} WHERE id = {id}"
+    )
+}
+
 /// Serialized headers, or `None` when there are none.
 pub(crate) fn headers_json(message: &NewHalfMessage) -> Result<Option<String>, HalfError> {
     (!message.headers.is_empty())

@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use super::{
     Decided, DecidedBy, Decision, HalfError, HalfMessage, HalfStats, HalfStore, NewHalfMessage,
-    STATES, State, half_table, headers_json, judge, stats_sql,
+    STATES, State, copy_into_outbox_sql, half_table, headers_json, judge, stats_sql,
 };
 use crate::outbox::{schema::TableName, trusted};
 
@@ -94,10 +94,10 @@ impl HalfStore for PgHalfStore {
             });
         }
         if decision == Decision::Commit {
-            sqlx::query(trusted(format!(
-                "INSERT INTO {} (id, aggregate_type, aggregate_id, event_type, payload, headers)
-                 SELECT id, aggregate_type, aggregate_id, event_type, payload, headers FROM {} WHERE id = $1",
-                self.outbox, self.half
+            sqlx::query(trusted(copy_into_outbox_sql(
+                &self.outbox,
+                &self.half,
+                "$1",
             )))
             .bind(id)
             .execute(&mut *tx)

@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use super::{
     Decided, DecidedBy, Decision, HalfError, HalfMessage, HalfStats, HalfStore, NewHalfMessage,
-    STATES, State, half_table, headers_json, judge, parse_id, stats_sql,
+    STATES, State, copy_into_outbox_sql, half_table, headers_json, judge, parse_id, stats_sql,
 };
 use crate::outbox::{
     parse_time,
@@ -106,14 +106,10 @@ impl HalfStore for SqliteHalfStore {
             });
         }
         if decision == Decision::Commit {
-            sqlx::query(trusted(format!(
-                "INSERT INTO {} (id, aggregate_type, aggregate_id, event_type, payload, headers)
-                 SELECT id, aggregate_type, aggregate_id, event_type, payload, headers FROM {} WHERE id = ?",
-                self.outbox, self.half
-            )))
-            .bind(&key)
-            .execute(&mut *tx)
-            .await?;
+            sqlx::query(trusted(copy_into_outbox_sql(&self.outbox, &self.half, "?")))
+                .bind(&key)
+                .execute(&mut *tx)
+                .await?;
         }
         sqlx::query(trusted(format!(
             "UPDATE {} SET state = ?, decided_at = ?, decided_by = ? WHERE id = ?",
