@@ -606,7 +606,14 @@ impl Load {
                     poison_every,
                     matches!(pool, SourcePool::Mysql(_)),
                 );
-                if commit(&pool, &key, n, row).await.is_ok() {
+                let event_id = uuid::Uuid::now_v7();
+                let done = match commit(&pool, &key, n, row, event_id).await {
+                    Ok(()) => true,
+                    // A commit whose answer was lost (the server went down meanwhile) may have
+                    // happened: retrying blindly would commit the order twice.
+                    Err(_) => committed_after_all(&pool, event_id).await,
+                };
+                if done {
                     next[index] += 1;
                     committed += 1;
                 }
@@ -623,7 +630,43 @@ impl Load {
     }
 }
 
-async fn commit(pool: &SourcePool, key: &str, n: i32, row: Row) -> Result<(), sqlx::Error> {
+/// Whether the order of `event_id` is in the database, asked until the database answers.
+async fn committed_after_all(pool: &SourcePool, event_id: uuid::Uuid) -> bool {
+    let id = event_id.to_string();
+    for _ in 0..600 {
+        let found: Result<i64, sqlx::Error> = match pool {
+            SourcePool::Postgres(pool) => {
+                sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                    "SELECT count(*) FROM {ORDERS} WHERE event_id = $1"
+                )))
+                .bind(&id)
+                .fetch_one(pool)
+                .await
+            }
+            SourcePool::Mysql(pool) => {
+                sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                    "SELECT count(*) FROM {ORDERS} WHERE event_id = ?"
+                )))
+                .bind(&id)
+                .fetch_one(pool)
+                .await
+            }
+        };
+        if let Ok(found) = found {
+            return found > 0;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the database never answered whether order {event_id} committed");
+}
+
+async fn commit(
+    pool: &SourcePool,
+    key: &str,
+    n: i32,
+    row: Row,
+    event_id: uuid::Uuid,
+) -> Result<(), sqlx::Error> {
     let poison = row != Row::Good;
     let aggregate = if row == Row::Unroutable {
         "Unknown"
@@ -638,6 +681,7 @@ async fn commit(pool: &SourcePool, key: &str, n: i32, row: Row) -> Result<(), sq
     let payload = json!({"key": key, "n": n, "poison": row == Row::Poison, "padding": padding});
     let mut event = NewEvent::json(aggregate, key, "order.created", &payload)
         .map_err(|error| sqlx::Error::Encode(Box::new(error)))?;
+    event.id = event_id;
     if row == Row::NotJson {
         event.payload = format!("{{\"key\": \"{key}\", \"n\": {n}, truncated");
     }
