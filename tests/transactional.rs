@@ -82,6 +82,11 @@ struct World {
 impl World {
     async fn start(engine: DatabaseEngine) -> Self {
         let (source, source_url) = Source::open(engine).await;
+        Self::start_on(source, source_url).await
+    }
+
+    async fn start_on(source: Source, source_url: String) -> Self {
+        let engine = source.engine();
         let source = Arc::new(source);
         let dead_letter_pool = PgPool::connect(POSTGRES).await.expect("PostgreSQL");
         let outbox = unique_name("txo");
@@ -623,6 +628,69 @@ async fn decided_messages_are_purged_after_the_retention_and_the_undecided_kept(
     source
         .drop_tables(&[format!("{outbox}_half"), outbox])
         .await;
+}
+
+/// The API refuses calls with 503 and a message while the database is down, stores nothing
+/// then, and serves again once it is back, without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_answers_503_while_the_database_is_down_and_serves_again_after() {
+    use support::servers::postgres::PrivatePostgres;
+    let mut server = PrivatePostgres::launch()
+        .await
+        .expect("a private PostgreSQL");
+    let world = World::start_on(Source::postgres_at(&server.url()).await, server.url()).await;
+    let before = world.prepare_and_run(true).await;
+    world.api.commit(before).await.expect("commit");
+    assert_eq!(world.wait_published(before).await, 1);
+
+    server.stop().await.expect("stop PostgreSQL");
+    let refused = world
+        .api
+        .prepare("Order", "order-2", "order.placed", &json!({"total": 1}))
+        .await
+        .expect_err("no database, no prepare");
+    let refused = refused.to_string();
+    assert!(
+        refused.contains("503") && refused.contains("database"),
+        "{refused}"
+    );
+
+    server.start().await.expect("start PostgreSQL");
+    let mut after = None;
+    for _ in 0..150 {
+        match world
+            .api
+            .prepare("Order", "order-2", "order.placed", &json!({"total": 2}))
+            .await
+        {
+            Ok(id) => {
+                after = Some(id);
+                break;
+            }
+            Err(error) => {
+                assert!(error.to_string().contains("503"), "{error}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    let after = after.expect("the API serves again once the database is back");
+    world
+        .source
+        .begin_marked(&world.markers, after)
+        .await
+        .commit()
+        .await;
+    world
+        .api
+        .commit(after)
+        .await
+        .expect("commit after the outage");
+    assert_eq!(world.wait_published(after).await, 1);
+    // The refused prepare left nothing: the table holds exactly the two messages.
+    let half = format!("{}_half", world.outbox);
+    assert_eq!(world.source.count(&half, None).await, 2);
+    assert_eq!(world.published(before).await, 1);
+    world.finish().await;
 }
 
 /// Every scenario, once per source engine.

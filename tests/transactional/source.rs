@@ -79,6 +79,11 @@ impl Source {
         }
     }
 
+    /// A PostgreSQL server the test started itself.
+    pub async fn postgres_at(url: &str) -> Self {
+        Self::Postgres(PgPool::connect(url).await.expect("the private PostgreSQL"))
+    }
+
     pub fn engine(&self) -> DatabaseEngine {
         match self {
             Self::Postgres(_) => DatabaseEngine::Postgres,
