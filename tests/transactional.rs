@@ -18,7 +18,7 @@ use std::{
     time::Duration,
 };
 
-use axum::{Json, Router, extract::State, http::StatusCode, routing::post};
+use axum::{Router, extract::State, http::StatusCode};
 use ferry::{
     api::DatabaseEngine,
     standalone::{self, WorkloadConfig},
@@ -36,30 +36,20 @@ const REDIS: &str = "redis://127.0.0.1:6379";
 const TOKEN: &str = "tx-api-t0ken-9f2";
 const MAX_CHECKS: u32 = 3;
 
-/// The producer's check-back endpoint: answers from the marker table, or 503 while `down`.
-struct CheckBackEndpoint {
-    source: Arc<Source>,
-    markers: String,
-    down: AtomicBool,
-}
+/// Takes the producer's check-back endpoint down on purpose: `503` while set.
+#[derive(Default)]
+struct Outage(AtomicBool);
 
-async fn answer(
-    State(endpoint): State<Arc<CheckBackEndpoint>>,
-    Json(request): Json<Value>,
-) -> Result<Json<Value>, StatusCode> {
-    if endpoint.down.load(Ordering::SeqCst) {
-        return Err(StatusCode::SERVICE_UNAVAILABLE);
+async fn unless_down(
+    State(outage): State<Arc<Outage>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if outage.0.load(Ordering::SeqCst) {
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
     }
-    let id = request["id"]
-        .as_str()
-        .and_then(|id| Uuid::parse_str(id).ok())
-        .ok_or(StatusCode::BAD_REQUEST)?;
-    let outcome = endpoint
-        .source
-        .check_back(&endpoint.markers, id)
-        .await
-        .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?;
-    Ok(Json(outcome.answer()))
+    next.run(request).await
 }
 
 /// One test's pipeline: its own outbox, marker, dead-letter tables and stream, a relay in this
@@ -72,7 +62,8 @@ struct World {
     markers: String,
     dead_letters: String,
     stream: String,
-    endpoint: Arc<CheckBackEndpoint>,
+    /// The check-back endpoint's switch.
+    outage: Arc<Outage>,
     api: HalfMessages,
     api_address: SocketAddr,
     stop: CancellationToken,
@@ -97,18 +88,18 @@ impl World {
             .await
             .expect("migrate the outbox");
         source.create_markers(&markers).await;
-        let endpoint = Arc::new(CheckBackEndpoint {
-            source: source.clone(),
-            markers: markers.clone(),
-            down: AtomicBool::new(false),
-        });
+        let outage = Arc::new(Outage::default());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind the check-back endpoint");
         let check_back_url = format!("http://{}/check", listener.local_addr().expect("addr"));
+        // The producer's endpoint as Ferry's helper builds it, with a switch in front.
         let router = Router::new()
-            .route("/check", post(answer))
-            .with_state(endpoint.clone());
+            .nest_service("/check", source.check_back_router(&markers))
+            .layer(axum::middleware::from_fn_with_state(
+                outage.clone(),
+                unless_down,
+            ));
         tokio::spawn(async move { axum::serve(listener, router).await });
 
         let manifests = [
@@ -159,7 +150,7 @@ impl World {
             markers,
             dead_letters,
             stream,
-            endpoint,
+            outage,
             api,
             api_address,
             stop,
@@ -404,7 +395,7 @@ async fn an_unreachable_check_back_is_retried_then_dead_lettered_with_the_reason
     engine: DatabaseEngine,
 ) {
     let world = World::start(engine).await;
-    world.endpoint.down.store(true, Ordering::SeqCst);
+    world.outage.0.store(true, Ordering::SeqCst);
     let id = world.prepare_and_run(true).await;
     let state = world.wait_state(id, "dead_lettered").await;
     assert_eq!(

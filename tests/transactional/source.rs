@@ -154,6 +154,15 @@ impl Source {
         on_pool!(self, pool => producer::check_back(pool, markers, id).await)
     }
 
+    /// The producer's check-back endpoint, as Ferry's helper builds it.
+    pub fn check_back_router(&self, markers: &str) -> axum::Router {
+        match self {
+            Self::Postgres(pool) => producer::check_back_router(pool.clone(), markers),
+            Self::Mysql(pool) => producer::check_back_router(pool.clone(), markers),
+            Self::Sqlite { pool, .. } => producer::check_back_router(pool.clone(), markers),
+        }
+    }
+
     /// A half message's state, who decided it, and its checks.
     pub async fn half_state(&self, outbox: &str, id: Uuid) -> (String, Option<String>, i32) {
         let sql = format!(

@@ -1,25 +1,5 @@
-//! What a Rust producer uses to send transactional messages through the relay's API, and the
-//! marker row that makes the check-back's answer definite.
-//!
-//! The producer's local transaction inserts a marker keyed by the half message's id (state
-//! `committed`). The check-back handler tries to insert a `rolled_back` marker for the same id:
-//! if the transaction committed, the insert conflicts and the answer is `committed`; if it is
-//! still running, the insert waits for the transaction's lock on that key and then answers for
-//! its outcome; if it never ran or rolled back, the `rolled_back` marker goes in and stays, so a
-//! late commit of that transaction fails on the marker instead of publishing behind the answer.
-//!
-//! ```no_run
-//! # async fn example(pool: sqlx::PgPool) -> Result<(), Box<dyn std::error::Error>> {
-//! use ferry::transactional::producer::{HalfMessages, mark_committed};
-//! let relay = HalfMessages::new("http://orders-relay:8081", "token")?;
-//! let id = relay.prepare("Order", "42", "order.placed", &serde_json::json!({"total": 12.5})).await?;
-//! let mut tx = pool.begin().await?;
-//! sqlx::query("UPDATE orders SET status = 'placed' WHERE id = 42").execute(&mut *tx).await?;
-//! mark_committed(&mut *tx, "ferry_tx_markers", id).await?;
-//! tx.commit().await?;
-//! relay.commit(id).await?; // if this call is lost, the check-back finds the marker
-//! # Ok(()) }
-//! ```
+//! The marker table in the producer's database, on each engine: the `committed` marker its
+//! local transaction writes, and the check-back answer read from it.
 
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -176,103 +156,70 @@ where
     })
 }
 
-/// A call to the relay's API that failed.
-#[derive(Debug, thiserror::Error)]
-pub enum ApiError {
-    #[error("the relay's transactional API cannot be reached: {0}")]
-    Transport(#[from] reqwest::Error),
-    #[error("the relay answered HTTP {status}: {message}")]
-    Refused { status: u16, message: String },
+/// What the relay sends to a check-back endpoint (other fields are ignored).
+#[derive(serde::Deserialize)]
+struct CheckBackRequest {
+    id: Uuid,
 }
 
-/// A client of the relay's transactional-message API.
-#[derive(Clone)]
-pub struct HalfMessages {
-    http: reqwest::Client,
-    base: String,
-    token: String,
+struct CheckBackState<DB: sqlx::Database> {
+    pool: sqlx::Pool<DB>,
+    table: String,
 }
 
-impl HalfMessages {
-    pub fn new(base_url: &str, token: &str) -> Result<Self, ApiError> {
-        Ok(Self {
-            http: reqwest::Client::builder()
-                .timeout(std::time::Duration::from_secs(10))
-                .build()?,
-            base: base_url.trim_end_matches('/').to_owned(),
-            token: token.to_owned(),
-        })
-    }
+/// The producer's check-back endpoint, ready to serve: answers each `POST` at `/` from the
+/// marker `table` (see [`check_back`]), `500` with the error while the database cannot answer
+/// (the relay asks again at its interval). Nest it at the path of `checkBack.url`:
+///
+/// ```no_run
+/// # async fn example(pool: sqlx::PgPool) -> std::io::Result<()> {
+/// let app = axum::Router::new().nest_service(
+///     "/ferry/check-back",
+///     ferry::transactional::producer::check_back_router(pool, "ferry_tx_markers"),
+/// );
+/// let listener = tokio::net::TcpListener::bind("0.0.0.0:8080").await?;
+/// axum::serve(listener, app).await
+/// # }
+/// ```
+pub fn check_back_router<DB>(pool: sqlx::Pool<DB>, table: &str) -> axum::Router
+where
+    DB: MarkerEngine,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    DB::Arguments: sqlx::IntoArguments<DB>,
+    for<'t> String: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
+    for<'r> String: sqlx::Decode<'r, DB>,
+    usize: sqlx::ColumnIndex<DB::Row>,
+{
+    let state = std::sync::Arc::new(CheckBackState {
+        pool,
+        table: table.to_owned(),
+    });
+    axum::Router::new()
+        .route("/", axum::routing::post(answer_check_back::<DB>))
+        .with_state(state)
+}
 
-    /// Prepares a message; it is not published until committed.
-    pub async fn prepare(
-        &self,
-        aggregate_type: &str,
-        aggregate_id: &str,
-        event_type: &str,
-        payload: &impl Serialize,
-    ) -> Result<Uuid, ApiError> {
-        // Serialized straight into the request: going through a `Value` would parse a payload
-        // given as raw JSON only to write it out again.
-        #[derive(Serialize)]
-        #[serde(rename_all = "camelCase")]
-        struct Prepare<'a, P: Serialize> {
-            aggregate_type: &'a str,
-            aggregate_id: &'a str,
-            event_type: &'a str,
-            payload: &'a P,
-        }
-        let body = Prepare {
-            aggregate_type,
-            aggregate_id,
-            event_type,
-            payload,
-        };
-        let answer = self.call("/v1/half-messages", Some(&body)).await?;
-        answer["id"]
-            .as_str()
-            .and_then(|id| Uuid::parse_str(id).ok())
-            .ok_or_else(|| ApiError::Refused {
-                status: 200,
-                message: format!("no id in the answer {answer}"),
-            })
-    }
-
-    /// Commits `id`: it is published like an outbox row. Repeating it is harmless.
-    pub async fn commit(&self, id: Uuid) -> Result<(), ApiError> {
-        self.call(&format!("/v1/half-messages/{id}/commit"), None::<&()>)
-            .await
-            .map(drop)
-    }
-
-    /// Rolls `id` back: it is never published. Repeating it is harmless.
-    pub async fn rollback(&self, id: Uuid) -> Result<(), ApiError> {
-        self.call(&format!("/v1/half-messages/{id}/rollback"), None::<&()>)
-            .await
-            .map(drop)
-    }
-
-    async fn call(&self, path: &str, body: Option<&impl Serialize>) -> Result<Value, ApiError> {
-        let mut request = self
-            .http
-            .post(format!("{}{path}", self.base))
-            .bearer_auth(&self.token);
-        if let Some(body) = body {
-            request = request.json(body);
-        }
-        let response = request.send().await?;
-        let status = response.status();
-        let text = response.text().await?;
-        if !status.is_success() {
-            let message = serde_json::from_str::<Value>(&text)
-                .ok()
-                .and_then(|value| value["error"].as_str().map(str::to_owned))
-                .unwrap_or(text);
-            return Err(ApiError::Refused {
-                status: status.as_u16(),
-                message,
-            });
-        }
-        Ok(serde_json::from_str(&text).unwrap_or(Value::Null))
+async fn answer_check_back<DB>(
+    axum::extract::State(state): axum::extract::State<std::sync::Arc<CheckBackState<DB>>>,
+    axum::Json(request): axum::Json<CheckBackRequest>,
+) -> axum::response::Response
+where
+    DB: MarkerEngine,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    DB::Arguments: sqlx::IntoArguments<DB>,
+    for<'t> String: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
+    for<'r> String: sqlx::Decode<'r, DB>,
+    usize: sqlx::ColumnIndex<DB::Row>,
+{
+    use axum::response::IntoResponse;
+    match check_back(&state.pool, &state.table, request.id).await {
+        Ok(outcome) => axum::Json(outcome.answer()).into_response(),
+        Err(error) => (
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            axum::Json(
+                json!({"error": format!("cannot read the marker of {}: {error}", request.id)}),
+            ),
+        )
+            .into_response(),
     }
 }
