@@ -7,60 +7,57 @@ use uuid::Uuid;
 
 use crate::{api::DatabaseEngine, outbox::trusted};
 
-/// The engines a producer's marker table can live in, with their SQL. The marker id is bound
-/// as text everywhere (PostgreSQL casts it to its `UUID` column).
+/// The engines a producer's marker table can live in, and how their SQL differs. The marker id
+/// is bound as text everywhere (PostgreSQL casts it to its `UUID` column).
 pub trait MarkerEngine: sqlx::Database {
+    /// The id's and the state's placeholders.
+    const ID: &'static str;
+    const STATE: &'static str;
+    /// What makes an insert that meets an existing marker change nothing. On every engine the
+    /// insert first waits for a transaction that holds an uncommitted marker of the same id:
+    /// PostgreSQL and InnoDB on the key's lock, SQLite (one writer) on its busy timeout.
+    const UNLESS_MARKED: &'static str;
+
     /// Inserts a marker with a given state; fails on an existing one.
-    fn insert(table: &str) -> String;
-    /// Inserts a `rolled_back` marker unless one exists, waiting for an uncommitted one.
-    fn insert_rolled_back_unless_marked(table: &str) -> String;
-    fn select_state(table: &str) -> String;
+    fn insert(table: &str) -> String {
+        format!(
+            "INSERT INTO {table} (id, state) VALUES ({}, {})",
+            Self::ID,
+            Self::STATE
+        )
+    }
+
+    /// Inserts a `rolled_back` marker unless one exists.
+    fn insert_rolled_back_unless_marked(table: &str) -> String {
+        format!(
+            "INSERT INTO {table} (id, state) VALUES ({}, 'rolled_back') {}",
+            Self::ID,
+            Self::UNLESS_MARKED
+        )
+    }
+
+    fn select_state(table: &str) -> String {
+        format!("SELECT state FROM {table} WHERE id = {}", Self::ID)
+    }
 }
 
 impl MarkerEngine for sqlx::Postgres {
-    fn insert(table: &str) -> String {
-        format!("INSERT INTO {table} (id, state) VALUES ($1::uuid, $2)")
-    }
-    fn insert_rolled_back_unless_marked(table: &str) -> String {
-        format!(
-            "INSERT INTO {table} (id, state) VALUES ($1::uuid, 'rolled_back') ON CONFLICT (id) DO NOTHING"
-        )
-    }
-    fn select_state(table: &str) -> String {
-        format!("SELECT state FROM {table} WHERE id = $1::uuid")
-    }
+    const ID: &'static str = "$1::uuid";
+    const STATE: &'static str = "$2";
+    const UNLESS_MARKED: &'static str = "ON CONFLICT (id) DO NOTHING";
 }
 
 impl MarkerEngine for sqlx::MySql {
-    fn insert(table: &str) -> String {
-        format!("INSERT INTO {table} (id, state) VALUES (?, ?)")
-    }
-    // InnoDB makes an insert that meets an uncommitted duplicate key wait for that transaction
-    // (a shared lock on the record); `ON DUPLICATE KEY UPDATE id = id` then changes nothing.
-    // (`INSERT IGNORE` would also swallow unrelated errors.)
-    fn insert_rolled_back_unless_marked(table: &str) -> String {
-        format!(
-            "INSERT INTO {table} (id, state) VALUES (?, 'rolled_back') ON DUPLICATE KEY UPDATE id = id"
-        )
-    }
-    fn select_state(table: &str) -> String {
-        format!("SELECT state FROM {table} WHERE id = ?")
-    }
+    const ID: &'static str = "?";
+    const STATE: &'static str = "?";
+    // `INSERT IGNORE` would also swallow unrelated errors.
+    const UNLESS_MARKED: &'static str = "ON DUPLICATE KEY UPDATE id = id";
 }
 
 impl MarkerEngine for sqlx::Sqlite {
-    fn insert(table: &str) -> String {
-        format!("INSERT INTO {table} (id, state) VALUES (?, ?)")
-    }
-    // SQLite has one writer: the insert waits (busy timeout) for an open write transaction.
-    fn insert_rolled_back_unless_marked(table: &str) -> String {
-        format!(
-            "INSERT INTO {table} (id, state) VALUES (?, 'rolled_back') ON CONFLICT (id) DO NOTHING"
-        )
-    }
-    fn select_state(table: &str) -> String {
-        format!("SELECT state FROM {table} WHERE id = ?")
-    }
+    const ID: &'static str = "?";
+    const STATE: &'static str = "?";
+    const UNLESS_MARKED: &'static str = "ON CONFLICT (id) DO NOTHING";
 }
 
 /// The marker table's DDL; each statement is idempotent.
