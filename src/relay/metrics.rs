@@ -2,7 +2,7 @@
 
 use std::sync::{
     Arc,
-    atomic::{AtomicI64, AtomicU64, Ordering},
+    atomic::{AtomicBool, AtomicU64, Ordering},
 };
 
 use chrono::{DateTime, Utc};
@@ -48,9 +48,8 @@ pub struct RelayMetrics {
     pub half: Option<Arc<HalfMetrics>>,
     published_total: AtomicU64,
     dead_lettered_total: AtomicU64,
-    pending: AtomicI64,
-    oldest_age: AtomicI64,
-    failed: AtomicI64,
+    /// Whether the pending rows have been counted once: the gauges read 0 before that.
+    pending_counted: AtomicBool,
 }
 
 impl RelayMetrics {
@@ -73,9 +72,7 @@ impl RelayMetrics {
             half,
             published_total: AtomicU64::new(0),
             dead_lettered_total: AtomicU64::new(0),
-            pending: AtomicI64::new(-1),
-            oldest_age: AtomicI64::new(0),
-            failed: AtomicI64::new(0),
+            pending_counted: AtomicBool::new(false),
         });
         let relay = registry.sub_registry_with_prefix("ferry_relay");
         relay.register(
@@ -148,12 +145,10 @@ impl RelayMetrics {
         let age = stats
             .oldest
             .map_or(0, |oldest| (now - oldest).num_seconds().max(0));
-        self.pending.store(stats.rows, Ordering::Relaxed);
-        self.oldest_age.store(age, Ordering::Relaxed);
-        self.failed.store(stats.failed, Ordering::Relaxed);
         self.pending_rows.set(stats.rows);
         self.oldest_pending_age_seconds.set(age);
         self.failed_rows.set(stats.failed);
+        self.pending_counted.store(true, Ordering::Relaxed);
     }
 
     pub fn published_total(&self) -> u64 {
@@ -169,19 +164,20 @@ pub struct RelayReport {
 
 impl StatusReport for RelayReport {
     fn status(&self) -> serde_json::Value {
-        let pending = self.metrics.pending.load(Ordering::Relaxed);
+        let metrics = &self.metrics;
+        let counted = metrics.pending_counted.load(Ordering::Relaxed);
         json!({
-            "pendingRows": (pending >= 0).then_some(pending),
-            "oldestPendingAgeSeconds": (pending >= 0).then(|| self.metrics.oldest_age.load(Ordering::Relaxed)),
-            "failedRows": self.metrics.failed.load(Ordering::Relaxed),
-            "publishedTotal": self.metrics.published_total(),
-            "deadLetteredTotal": self.metrics.dead_lettered_total.load(Ordering::Relaxed),
-            "deadLetterDepth": self.metrics.dead_letter_depth.get(),
+            "pendingRows": counted.then(|| metrics.pending_rows.get()),
+            "oldestPendingAgeSeconds": counted.then(|| metrics.oldest_pending_age_seconds.get()),
+            "failedRows": metrics.failed_rows.get(),
+            "publishedTotal": metrics.published_total(),
+            "deadLetteredTotal": metrics.dead_lettered_total.load(Ordering::Relaxed),
+            "deadLetterDepth": metrics.dead_letter_depth.get(),
             "databaseConnected": self.health.database(),
             "brokerConnected": self.health.broker(),
             "ready": self.health.ready(),
             "lastError": self.health.last_error(),
-            "halfMessages": self.metrics.half.as_ref().map(|half| half.status()),
+            "halfMessages": metrics.half.as_ref().map(|half| half.status()),
         })
     }
 }

@@ -12,7 +12,9 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use super::{DecidedBy, Decision, HalfError, HalfMessage, HalfStore, State, metrics::HalfMetrics};
+use super::{
+    Decided, DecidedBy, Decision, HalfError, HalfMessage, HalfStore, State, metrics::HalfMetrics,
+};
 use crate::config::TransactionalConfig;
 use crate::dlq::{DeadLetter, DeadLetterStore};
 
@@ -123,12 +125,9 @@ impl CheckBack {
                     .decide(message.id, decision, DecidedBy::CheckBack)
                     .await
                 {
-                    Ok(decided) if !decided.repeated => {
-                        self.metrics
-                            .record_decided(decided.state, DecidedBy::CheckBack);
-                    }
+                    Ok(decided) => self.metrics.record_decided(decided, DecidedBy::CheckBack),
                     // Decided meanwhile by the producer's own call: that decision stands.
-                    Ok(_) | Err(HalfError::Conflict { .. } | HalfError::NotFound(_)) => {}
+                    Err(HalfError::Conflict { .. } | HalfError::NotFound(_)) => {}
                     Err(error) => return Err(error),
                 }
                 tracing::info!(id = %message.id, ?decision, "half message decided by check-back");
@@ -223,8 +222,11 @@ impl CheckBack {
             }
         }
         if self.store.give_up(message.id, &reason).await? {
-            self.metrics
-                .record_decided(State::DeadLettered, DecidedBy::MaxChecks);
+            let decided = Decided {
+                state: State::DeadLettered,
+                repeated: false,
+            };
+            self.metrics.record_decided(decided, DecidedBy::MaxChecks);
             tracing::warn!(id = %message.id, %reason, "half message dead-lettered");
         }
         Ok(())

@@ -2,7 +2,7 @@
 //! whom), of check-backs that got no answer, and gauges of what waits in the table. `/status`
 //! shows the same under `halfMessages`.
 
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use chrono::{DateTime, Utc};
 use prometheus_client::{
@@ -12,7 +12,7 @@ use prometheus_client::{
 };
 use serde_json::{Value, json};
 
-use super::{DecidedBy, State, store::HalfStats};
+use super::{Decided, DecidedBy, State, store::HalfStats};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DecisionLabels {
@@ -33,18 +33,13 @@ pub struct HalfMetrics {
     committed_total: AtomicU64,
     rolled_back_total: AtomicU64,
     dead_lettered_total: AtomicU64,
-    /// -1 until the table has been counted once.
-    waiting_now: AtomicI64,
-    oldest_age_now: AtomicI64,
-    dead_lettered_now: AtomicI64,
+    /// Whether the table has been counted once: the gauges read 0 before that.
+    counted: AtomicBool,
 }
 
 impl HalfMetrics {
     pub fn new(registry: &mut Registry) -> Self {
-        let metrics = Self {
-            waiting_now: AtomicI64::new(-1),
-            ..Self::default()
-        };
+        let metrics = Self::default();
         let half = registry.sub_registry_with_prefix("ferry_relay_half_messages");
         half.register(
             "prepared",
@@ -83,8 +78,13 @@ impl HalfMetrics {
         self.prepared.inc();
     }
 
-    /// A decision this relay took (not a repeated call that found it already taken).
-    pub fn record_decided(&self, state: State, by: DecidedBy) {
+    /// A decision call's outcome; one that found the message already decided that way changed
+    /// nothing and is not counted again.
+    pub fn record_decided(&self, decided: Decided, by: DecidedBy) {
+        if decided.repeated {
+            return;
+        }
+        let state = decided.state;
         self.decided
             .get_or_create(&DecisionLabels {
                 state: state.as_str().to_owned(),
@@ -111,20 +111,16 @@ impl HalfMetrics {
         self.waiting.set(stats.prepared);
         self.oldest_age.set(age);
         self.dead_lettered.set(stats.dead_lettered);
-        self.waiting_now.store(stats.prepared, Ordering::Relaxed);
-        self.oldest_age_now.store(age, Ordering::Relaxed);
-        self.dead_lettered_now
-            .store(stats.dead_lettered, Ordering::Relaxed);
+        self.counted.store(true, Ordering::Relaxed);
     }
 
     /// The `halfMessages` section of `/status`; the table's figures are null until counted.
     pub fn status(&self) -> Value {
-        let waiting = self.waiting_now.load(Ordering::Relaxed);
-        let counted = waiting >= 0;
+        let counted = self.counted.load(Ordering::Relaxed);
         json!({
-            "waiting": counted.then_some(waiting),
-            "oldestWaitingAgeSeconds": counted.then(|| self.oldest_age_now.load(Ordering::Relaxed)),
-            "deadLetteredKept": counted.then(|| self.dead_lettered_now.load(Ordering::Relaxed)),
+            "waiting": counted.then(|| self.waiting.get()),
+            "oldestWaitingAgeSeconds": counted.then(|| self.oldest_age.get()),
+            "deadLetteredKept": counted.then(|| self.dead_lettered.get()),
             "preparedTotal": self.prepared.get(),
             "committedTotal": self.committed_total.load(Ordering::Relaxed),
             "rolledBackTotal": self.rolled_back_total.load(Ordering::Relaxed),
@@ -145,9 +141,20 @@ mod tests {
         assert_eq!(metrics.status()["waiting"], Value::Null);
         metrics.record_prepared();
         metrics.record_prepared();
-        metrics.record_decided(State::Committed, DecidedBy::Producer);
-        metrics.record_decided(State::Committed, DecidedBy::CheckBack);
-        metrics.record_decided(State::RolledBack, DecidedBy::CheckBack);
+        let decided = |state| Decided {
+            state,
+            repeated: false,
+        };
+        metrics.record_decided(decided(State::Committed), DecidedBy::Producer);
+        metrics.record_decided(decided(State::Committed), DecidedBy::CheckBack);
+        metrics.record_decided(decided(State::RolledBack), DecidedBy::CheckBack);
+        metrics.record_decided(
+            Decided {
+                state: State::Committed,
+                repeated: true,
+            },
+            DecidedBy::Producer,
+        );
         metrics.record_failed_check();
         let now = Utc::now();
         metrics.record_table(

@@ -142,10 +142,7 @@ async fn decide(api: &Api, id: &str, decision: Decision) -> Response {
     };
     match api.store.decide(id, decision, DecidedBy::Producer).await {
         Ok(decided) => {
-            if !decided.repeated {
-                api.metrics
-                    .record_decided(decided.state, DecidedBy::Producer);
-            }
+            api.metrics.record_decided(decided, DecidedBy::Producer);
             Json(json!({"id": id, "state": decided.state})).into_response()
         }
         Err(problem) => failure(&problem),
