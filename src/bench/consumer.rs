@@ -45,10 +45,7 @@ struct Run {
 }
 
 pub async fn run(args: ConsumerBenchArgs) -> anyhow::Result<ExitCode> {
-    let broker_url = args
-        .broker_url
-        .clone()
-        .unwrap_or_else(|| args.broker.default_url().to_owned());
+    let broker_url = args.broker.url(args.broker_url.as_deref());
     let sink = Sink::start().await?;
     let run = plan(&args, &broker_url, &sink.url)?;
 

@@ -131,10 +131,7 @@ struct Phase {
 }
 
 pub async fn run(args: HalfBenchArgs) -> anyhow::Result<ExitCode> {
-    let broker_url = args
-        .broker_url
-        .clone()
-        .unwrap_or_else(|| args.broker.default_url().to_owned());
+    let broker_url = args.broker.url(args.broker_url.as_deref());
     let suffix = setup::unique_suffix();
     let outbox = format!("bench_outbox_{suffix}");
     let orders = format!("bench_orders_{suffix}");

@@ -43,10 +43,7 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 const PRODUCER_CONNECTIONS: u32 = 32;
 
 pub async fn run(args: LatencyBenchArgs) -> anyhow::Result<ExitCode> {
-    let broker_url = args
-        .broker_url
-        .clone()
-        .unwrap_or_else(|| args.broker.default_url().to_owned());
+    let broker_url = args.broker.url(args.broker_url.as_deref());
     let suffix = setup::unique_suffix();
     let orders = format!("bench_orders_{suffix}");
     let pool = PgPoolOptions::new()

@@ -46,6 +46,11 @@ impl BrokerArg {
         }
     }
 
+    /// The `--broker-url` given, else the local server of this broker.
+    pub fn url(self, given: Option<&str>) -> String {
+        given.unwrap_or(self.default_url()).to_owned()
+    }
+
     /// The local server of this broker.
     pub fn default_url(self) -> &'static str {
         match self {

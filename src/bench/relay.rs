@@ -33,10 +33,7 @@ struct Measured {
 }
 
 pub async fn run(args: RelayBenchArgs) -> anyhow::Result<ExitCode> {
-    let broker_url = args
-        .broker_url
-        .clone()
-        .unwrap_or_else(|| args.broker.default_url().to_owned());
+    let broker_url = args.broker.url(args.broker_url.as_deref());
     let suffix = setup::unique_suffix();
     let table = format!("bench_outbox_{suffix}");
     let raw = Destination::new(args.broker, &broker_url, &suffix, "raw");
