@@ -176,8 +176,10 @@ pub(crate) fn parse_id(text: &str) -> Result<Uuid, HalfError> {
     Uuid::parse_str(text).map_err(|error| HalfError::Corrupt(format!("id {text:?}: {error}")))
 }
 
-/// Counts for [`HalfStore::stats`], in SQL every engine reads the same way: one subquery per
-/// index (partial where the engine has them), so that none scans the decided messages.
+/// Counts for [`HalfStore::stats`], in SQL every engine reads the same way: the waiting
+/// messages through the check-back's index (partial where the engine has them; they are few, so
+/// no index of their own is written on every prepare), the dead-lettered through theirs, so
+/// that none scans the decided messages.
 pub(crate) fn stats_sql(half: &str) -> String {
     format!(
         "SELECT (SELECT count(*) FROM {half} WHERE state = 'prepared') AS prepared,

@@ -258,7 +258,8 @@ fn half_message(row: &sqlx::mysql::MySqlRow) -> Result<HalfMessage, HalfError> {
     })
 }
 
-/// The table, with the indexes the check-back, the counts and the purge read. Its columns
+/// The table, with the indexes the check-back, the counts and the purge read (the waiting
+/// messages are few: their count and oldest time come through the check-back's index). Its columns
 /// match the outbox's (`CHAR(36)` ids, `LONGTEXT` payloads), which the commit copies into.
 pub fn ddl(outbox: &str) -> Vec<String> {
     let half = half_table(outbox);
@@ -279,7 +280,6 @@ pub fn ddl(outbox: &str) -> Vec<String> {
     next_check_at    TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
     last_check_error TEXT NULL,
     KEY {bare}_due (state, next_check_at),
-    KEY {bare}_prepared (state, prepared_at),
     KEY {bare}_decided (state, decided_at)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"
     )]

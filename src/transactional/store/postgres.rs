@@ -227,7 +227,8 @@ fn half_message(row: &sqlx::postgres::PgRow) -> Result<HalfMessage, HalfError> {
     })
 }
 
-/// The table and the index the check-back reads.
+/// The table, with partial indexes for the check-back (and the waiting count), the purge and
+/// the dead-lettered count.
 pub fn ddl(outbox: &str) -> Vec<String> {
     let half = half_table(outbox);
     let bare = TableName::new(&half).bare;
@@ -251,9 +252,6 @@ pub fn ddl(outbox: &str) -> Vec<String> {
         ),
         format!(
             "CREATE INDEX IF NOT EXISTS {bare}_due ON {half} (next_check_at) WHERE state = 'prepared'"
-        ),
-        format!(
-            "CREATE INDEX IF NOT EXISTS {bare}_prepared ON {half} (prepared_at) WHERE state = 'prepared'"
         ),
         format!(
             "CREATE INDEX IF NOT EXISTS {bare}_decided ON {half} (decided_at) WHERE state IN ('committed', 'rolled_back')"

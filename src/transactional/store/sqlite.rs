@@ -256,9 +256,6 @@ pub fn ddl(outbox: &str) -> Vec<String> {
             "CREATE INDEX IF NOT EXISTS {bare}_due ON {bare} (next_check_at) WHERE state = 'prepared'"
         ),
         format!(
-            "CREATE INDEX IF NOT EXISTS {bare}_prepared ON {bare} (prepared_at) WHERE state = 'prepared'"
-        ),
-        format!(
             "CREATE INDEX IF NOT EXISTS {bare}_decided ON {bare} (decided_at) WHERE state IN ('committed', 'rolled_back')"
         ),
         format!(
